@@ -1,0 +1,211 @@
+"""LightningModule: ELBO training with warm-up + cosine schedule, clipping, robust update skipping and EMA."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from .config import ConfigError, HVAEConfig
+from .export import export_prior
+from .model import HierarchicalVAE
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule and update-safety settings.
+
+    An update is skipped when its gradient norm is not finite, or above ``skip_threshold`` (0: never
+    for finite norms). So that training cannot stall when the threshold is simply too low (vdvae #25),
+    after ``max_consecutive_skips`` skipped finite updates in a row the next one is applied (clipped);
+    that many non-finite gradients in a row stop training with an error instead of looping forever.
+    """
+
+    optimizer: str = "adamax"  # "adamax" or "adamw"
+    lr: float = 1e-3
+    min_lr: float = 2e-4  # end of the cosine decay
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    decay_steps: int = 100_000  # length of the cosine decay after warm-up
+    grad_clip: float = 200.0  # clip the total gradient norm to this (0: off)
+    skip_threshold: float = 400.0
+    max_consecutive_skips: int = 50
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamax", "adamw"):
+            raise ConfigError(f"optimizer must be 'adamax' or 'adamw', got {self.optimizer!r}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.max_consecutive_skips < 1 or self.warmup_steps < 0 or self.decay_steps < 1:
+            raise ConfigError("max_consecutive_skips and decay_steps must be >= 1, warmup_steps >= 0")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at optimiser step ``step``: linear warm-up, then cosine to min_lr."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        t = min(1.0, (step - self.warmup_steps) / self.decay_steps)
+        floor = self.min_lr / self.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class HVAEModule(L.LightningModule):
+    """Trains :class:`HierarchicalVAE` on the negative ELBO; validates, samples and exports the EMA weights."""
+
+    def __init__(self, arch: HVAEConfig = HVAEConfig(), optim: OptimConfig = OptimConfig(),
+                 num_images: int = 8, sample_taus: tuple[float, ...] = (1.0, 0.8, 0.6), seed: int = 0) -> None:
+        super().__init__()
+        self.arch, self.optim, self.num_images, self.sample_taus, self.seed = arch, optim, num_images, sample_taus, seed
+        self.model = HierarchicalVAE(arch)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.automatic_optimization = False
+        self.skipped_total = 0
+        self.consecutive_skips = 0
+        self.consecutive_nonfinite = 0
+        self.last_val_bpd: float | None = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.Adamax if o.optimizer == "adamax" else torch.optim.AdamW
+        opt = cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, foreach=True)
+
+        def factor(step: int) -> float:  # a plain function: rebuilt from the config on resume
+            return o.lr_factor(step)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        out = self.model.elbo(x)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(out.loss)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # norm before clipping
+        norm = float(grad_norm)  # identical on every rank: gradients are already all-reduced
+        finite = math.isfinite(norm)
+        too_large = self.optim.skip_threshold > 0 and norm > self.optim.skip_threshold
+        skip = not finite or (too_large and self.consecutive_skips < self.optim.max_consecutive_skips)
+        if skip:
+            opt.zero_grad(set_to_none=True)
+            self.skipped_total += 1
+            self.consecutive_skips += 1
+            self.consecutive_nonfinite = 0 if finite else self.consecutive_nonfinite + 1
+            if self.consecutive_nonfinite >= self.optim.max_consecutive_skips:
+                raise FloatingPointError(
+                    f"{self.consecutive_nonfinite} consecutive non-finite gradients: training diverged; "
+                    "lower optim.lr or resume from an earlier checkpoint")
+        else:
+            opt.step()
+            sched.step()
+            self.consecutive_skips = 0
+            self.consecutive_nonfinite = 0
+            self.update_ema()
+        bs = x.shape[0]
+        self.log_dict({"train/loss": out.loss, "train/bits_per_dim": out.bits_per_dim.mean(),
+                       "train/nats_per_dim": out.nats_per_dim.mean(), "train/recon_per_dim": out.recon_per_dim.mean(),
+                       "train/kl_per_dim": out.kl_per_group.sum(1).mean()},
+                      prog_bar=False, batch_size=bs, sync_dist=False)
+        self.log("train/bpd", out.bits_per_dim.mean(), prog_bar=True, batch_size=bs, logger=False)
+        self.log_dict({"train/grad_norm": norm if finite else -1.0, "train/skipped_total": float(self.skipped_total),
+                       "train/skipped": float(skip), "train/lr": sched.get_last_lr()[0],
+                       "train/decoder_gamma": float(self.model.decoder_gamma().mean())}, batch_size=bs)
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            kl = out.kl_per_group.mean(0)
+            self.log_dict({f"kl/group_{i:02d}": v for i, v in enumerate(kl)}, batch_size=bs)
+        return out.loss.detach()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.optim.ema_decay
+        ema_p = [p for p in self.ema.parameters()]
+        own_p = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema_p, own_p, 1.0 - decay)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        gen = torch.Generator(device=x.device).manual_seed(self.seed + batch_idx)
+        out = self.ema.elbo(x, generator=gen)
+        bs = x.shape[0]
+        self.log_dict({"val/loss": out.loss, "val/bits_per_dim": out.bits_per_dim.mean(),
+                       "val/nats_per_dim": out.nats_per_dim.mean(), "val/recon_per_dim": out.recon_per_dim.mean(),
+                       "val/kl_per_dim": out.kl_per_group.sum(1).mean()},
+                      prog_bar=False, sync_dist=True, batch_size=bs)
+        self.log("val_bpd", out.bits_per_dim.mean(), prog_bar=True, sync_dist=True, batch_size=bs, logger=False)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            self._log_images(x[: self.num_images])
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.trainer.callback_metrics.get("val/bits_per_dim")
+        self.last_val_bpd = float(value) if value is not None else None
+
+    def _log_images(self, x: Tensor) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from torchvision.utils import make_grid
+        logger = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None:
+            return
+        step = self.global_step
+        recon = self.ema.reconstruct(x).clamp(0, 1)
+        logger.experiment.add_image("val/input_vs_reconstruction", make_grid(torch.cat([x, recon]), nrow=len(x)), step)
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        for tau in self.sample_taus:
+            samples = self.ema.sample(len(x), x.shape[2], x.shape[3], tau, generator=gen).clamp(0, 1)
+            logger.experiment.add_image(f"samples/tau_{tau:.2f}", make_grid(samples, nrow=len(x)), step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["hvae_config"] = self.arch.to_dict()
+        checkpoint["optim_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.optim).items()}
+        checkpoint["update_counters"] = {"skipped_total": self.skipped_total,
+                                         "consecutive_skips": self.consecutive_skips,
+                                         "consecutive_nonfinite": self.consecutive_nonfinite}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hvae_config")
+        if saved is not None and saved != self.arch.to_dict():
+            raise ConfigError("the checkpoint was trained with another architecture; resume with the same "
+                              "model.arch settings (see the run's config.yaml)")
+        counters = checkpoint.get("update_counters", {})
+        self.skipped_total = int(counters.get("skipped_total", 0))
+        self.consecutive_skips = int(counters.get("consecutive_skips", 0))
+        self.consecutive_nonfinite = int(counters.get("consecutive_nonfinite", 0))
+
+    def export(self, path: str | Path) -> Path:
+        """Half-precision EMA weights and the config, loadable by :func:`hvae.export.load_prior`."""
+        meta = {"global_step": int(self.global_step), "skipped_total": self.skipped_total}
+        if self.last_val_bpd is not None:
+            meta["val_bits_per_dim"] = self.last_val_bpd
+        return export_prior(self.ema, path, meta=meta)
+
+
+class ExportPrior(L.Callback):
+    """Writes ``<log_dir>/<filename>`` (EMA, fp16) after each validation and at the end of training."""
+
+    def __init__(self, filename: str = "prior.pt", dirpath: str | None = None) -> None:
+        self.filename, self.dirpath = filename, dirpath
+
+    def _write(self, trainer: L.Trainer, module: HVAEModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        root = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        module.export(root / self.filename)
+
+    def on_validation_end(self, trainer, module) -> None:
+        self._write(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self._write(trainer, module)

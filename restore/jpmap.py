@@ -1,0 +1,164 @@
+"""PnP-HVAE: the JPMAP alternating scheme with the temperature-scaled encoder as z-step.
+
+Objective (Gonzalez et al. 2022; Prost et al. 2023), for y = A x + n, n ~ N(0, sigma^2 I):
+
+    J(x, z) = ||A x - y||^2 / (2 sigma^2) + ||x - G(z)||^2 / (2 gamma^2) - log p_tau(z)
+
+Update rule, k = 0, 1, ...:
+
+    z_{k+1} = E_tau(x_k)          top-down tempered mode of q(z_l|z_<l,x) p(z_l|z_<l)^(1/tau_l^2 - 1)
+    x_{k+1} = prox_l2(G(z_{k+1}))  = argmin_x ||A x - y||^2/(2 sigma^2) + ||x - G(z_{k+1})||^2/(2 gamma^2), exact
+
+It converges when x -> prox(G(E_tau(x))) is a contraction; the history records the residual
+||x_k - x_{k-1}|| (RMS per pixel) and its ratio to the previous one, which estimates that constant.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .prior import Prior, crop, pad_to_multiple
+
+TauArg = float | Sequence[float]
+
+
+@dataclass(frozen=True)
+class JPMAPConfig:
+    """Settings of :func:`jpmap`. gamma is in [0, 1] image units (10/255 in the natural-image protocol)."""
+
+    gamma: float = 10 / 255
+    tau: TauArg = 0.8  # one value, or one per latent group (top first)
+    tau_end: float | None = None  # if set: tau linear from ``tau`` (top group) to ``tau_end`` (bottom group)
+    max_iters: int = 50
+    tol: float = 1e-4  # stop when the RMS residual of every image is below this
+    check_every: int = 5  # convergence test every few iterations (one host synchronisation each)
+    init: str = "auto"  # "auto" (operator's choice), "observation", "adjoint"
+    return_estimate: str = "x"  # "x" (x_K) or "decoded" (G(z_K), what the published code returns)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast for the network; x-step FFTs stay fp32)
+
+    def __post_init__(self) -> None:
+        if not self.gamma > 0 or not math.isfinite(self.gamma):
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.max_iters < 1 or self.check_every < 1:
+            raise ValueError("max_iters and check_every must be >= 1")
+        if self.init not in ("auto", "observation", "adjoint"):
+            raise ValueError(f"init must be auto, observation or adjoint, got {self.init!r}")
+        if self.return_estimate not in ("x", "decoded"):
+            raise ValueError(f"return_estimate must be 'x' or 'decoded', got {self.return_estimate!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+    def taus(self, num_groups: int) -> list[float]:
+        """One tau per latent group, top first; each in (0, 1]."""
+        if self.tau_end is not None:
+            if not isinstance(self.tau, (int, float)):
+                raise ValueError("tau_end needs a single starting tau")
+            taus = [self.tau + (self.tau_end - self.tau) * i / max(1, num_groups - 1) for i in range(num_groups)]
+        elif isinstance(self.tau, (int, float)):
+            taus = [float(self.tau)] * num_groups
+        else:
+            taus = [float(t) for t in self.tau]
+        if len(taus) != num_groups:
+            raise ValueError(f"tau gives {len(taus)} values but the prior has {num_groups} latent groups")
+        if any(not 0 < t <= 1 for t in taus):
+            raise ValueError(f"every tau must be in (0, 1], got {taus}")
+        return taus
+
+
+@dataclass
+class History:
+    """Per-iteration records (python floats, means over the batch)."""
+
+    residual: list[float] = field(default_factory=list)  # RMS ||x_k - x_{k-1}|| per pixel
+    ratio: list[float] = field(default_factory=list)  # residual_k / residual_{k-1} (nan at k = 0)
+    data_term: list[float] = field(default_factory=list)  # ||A x - y||^2 / (2 sigma^2) per pixel
+    coupling_term: list[float] = field(default_factory=list)  # ||x - G(z)||^2 / (2 gamma^2) per pixel
+    prior_term: list[float] = field(default_factory=list)  # -log p_tau(z) per pixel (Adam only)
+    seconds: list[float] = field(default_factory=list)  # wall time since the start
+
+
+@dataclass
+class RestoreResult:
+    estimate: Tensor  # [N, C, H, W] what the config asked for (x or G(z))
+    x: Tensor  # last x-step
+    decoded: Tensor  # G(z) of the last z
+    history: History
+    iterations: int
+    converged: bool
+    seconds: float
+
+
+def initial_x(y: Tensor, operator, how: str) -> Tensor:
+    if how == "observation":
+        return y.clone()
+    if how == "adjoint":
+        return operator.A_adjoint(y)
+    return operator.init(y)
+
+
+def _autocast(x: Tensor, precision: str):
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def z_step(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32") -> tuple[list[Tensor], Tensor]:
+    """z = E_tau(x) and G(z), on the reflection-padded image, cropped back; G in fp32."""
+    padded, size = pad_to_multiple(x, prior.multiple)
+    with _autocast(x, precision):
+        latents, decoded = prior.encode_decode(padded, taus)
+    return latents, crop(decoded, size).float()
+
+
+def _records(history: History, residual_sq: list[Tensor], data: list[Tensor], coupling: list[Tensor],
+             times: list[float]) -> None:
+    """Turns the device tensors kept during the loop into floats (one synchronisation)."""
+    if not residual_sq:
+        return
+    stacked = torch.stack([torch.stack(residual_sq), torch.stack(data), torch.stack(coupling)]).cpu().tolist()
+    for r2, d, c, t in zip(*stacked, times):
+        r = math.sqrt(r2)
+        prev = history.residual[-1] if history.residual else float("nan")
+        history.ratio.append(r / prev if prev > 0 else float("nan"))
+        history.residual.append(r)
+        history.data_term.append(d)
+        history.coupling_term.append(c)
+        history.seconds.append(t)
+
+
+@torch.no_grad()
+def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig(),
+          x0: Tensor | None = None, callback: Callable[[int, Tensor], None] | None = None) -> RestoreResult:
+    """Run PnP-HVAE (see the module docstring) on a batch of observations ``y``; images in [0, 1], NCHW."""
+    taus = config.taus(prior.num_groups)
+    gamma, sigma = config.gamma, operator.sigma
+    x = initial_x(y, operator, config.init) if x0 is None else x0.clone()
+    n_pix = x[0].numel()
+    history = History()
+    residual_sq, data, coupling, times = [], [], [], []
+    start = time.perf_counter()
+    converged, k, decoded = False, 0, x
+    for k in range(1, config.max_iters + 1):
+        _, decoded = z_step(prior, x, taus, config.precision)
+        x_new = operator.prox_l2(decoded, y, gamma)
+        residual_sq.append(((x_new - x) ** 2).flatten(1).mean(1).mean())  # mean over batch of MSE
+        data.append(((operator.A(x_new) - y) ** 2).flatten(1).sum(1).mean() / (2 * sigma**2 * n_pix))
+        coupling.append(((x_new - decoded) ** 2).flatten(1).sum(1).mean() / (2 * gamma**2 * n_pix))
+        times.append(time.perf_counter() - start)
+        per_image_rms = ((x_new - x) ** 2).flatten(1).mean(1).sqrt()
+        x = x_new
+        if callback is not None:
+            callback(k, x)
+        if k % config.check_every == 0 or k == config.max_iters:
+            _records(history, residual_sq, data, coupling, times)
+            residual_sq, data, coupling, times = [], [], [], []
+            if bool((per_image_rms < config.tol).all()):
+                converged = True
+                break
+    _records(history, residual_sq, data, coupling, times)
+    estimate = x if config.return_estimate == "x" else decoded
+    return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start)

@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hvae.config import HVAEConfig  # noqa: E402
+from hvae.model import HierarchicalVAE  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY = HVAEConfig(image_channels=3, stem_channels=8, widths=(8, 8, 8), strides=(2, 2, 1), encoder_blocks=(1, 1, 1),
+                  latent_groups=(1, 2, 1), kernel_sizes=(3, 3, 3), latent_channels=3)
+
+
+@pytest.fixture
+def tiny_config() -> HVAEConfig:
+    return TINY
+
+
+@pytest.fixture
+def tiny_model() -> HierarchicalVAE:
+    torch.manual_seed(0)
+    return HierarchicalVAE(TINY).eval()
