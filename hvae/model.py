@@ -80,7 +80,7 @@ class DecoderGroup(nn.Module):
         self.resnet = Block(width, mid, width, kernel, residual=True, last_scale=block_scale)
 
     def _gaussian(self, h: Tensor) -> DiagonalGaussian:
-        mean, log_std = h.chunk(2, dim=1)
+        mean, log_std = h.float().chunk(2, dim=1)  # fp32 statistics even under bf16 autocast
         return DiagonalGaussian(mean, log_std.clamp(min=self.min_log_std))
 
     def forward(self, state: Tensor, act: Tensor | None, rule: LatentRule, index: int):
@@ -210,7 +210,7 @@ class HierarchicalVAE(nn.Module):
     # ----------------------------------------------------------------------------- public API
     def log_likelihood(self, x: Tensor, mean: Tensor) -> Tensor:
         """Elementwise log-probability of 8-bit-binned x in [0, 1] under the discretised Gaussian decoder."""
-        xm = to_model_range(x)
+        xm, mean = to_model_range(x.float()), mean.float()
         log_scale = torch.log(self.decoder_gamma() * 2).view(1, -1, 1, 1)
         inv_s = torch.exp(-log_scale)
         half_bin = 1.0 / 255.0

@@ -1,0 +1,237 @@
+"""Tests for restore.operators: adjointness, exact prox, circular convolution, validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from restore.operators import (
+    OPERATORS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
+    load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255, validate_kernel,
+)
+
+DT = torch.float64
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rand_kernel(kh: int = 5, kw: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.rand(kh, kw, generator=_gen(seed), dtype=DT)  # non-symmetric, even width
+
+
+def _make(name: str, C: int, H: int = 24, W: int = 30, sigma: float = 0.05):
+    if name == "denoise":
+        return Denoising(sigma)
+    if name == "blur":
+        return Blur(_rand_kernel(), sigma)
+    if name.startswith("sr"):
+        return SuperResolution(_rand_kernel(), int(name[2:]), sigma)
+    if name == "inpaint":
+        return Inpainting(random_mask(H, W, 0.4, _gen(3), channels=C), sigma)
+    if name == "inpaint_w":  # fractional weights, one mask for all channels
+        return Inpainting(torch.rand(H, W, generator=_gen(4), dtype=DT), sigma)
+    raise KeyError(name)
+
+
+NAMES = ["denoise", "blur", "sr1", "sr2", "sr3", "inpaint", "inpaint_w"]
+
+
+def _obs(op, x: torch.Tensor) -> torch.Tensor:
+    return torch.rand(op.A(x).shape, generator=_gen(9), dtype=x.dtype)
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_adjointness(name, C):
+    op = _make(name, C)
+    x = torch.rand(2, C, 24, 30, generator=_gen(5), dtype=DT)
+    y = _obs(op, x)
+    lhs, rhs = (op.A(x) * y).sum(), (x * op.A_adjoint(y)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-10, atol=0)
+    assert op.x_shape(tuple(y.shape)) == tuple(x.shape)
+
+
+def _prox_grad(op, x, z, y, gamma):
+    return op.A_adjoint(op.A(x) - y) / op.sigma**2 + (x - z) / gamma**2
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_prox_optimality(name, C):
+    op = _make(name, C)
+    z = torch.rand(2, C, 24, 30, generator=_gen(6), dtype=DT)
+    y = _obs(op, z)
+    for gamma in (0.01, 0.3, torch.tensor([0.02, 1.5], dtype=DT).reshape(2, 1, 1, 1)):
+        x = op.prox_l2(z, y, gamma)
+        assert x.shape == z.shape and x.dtype == DT
+        g = _prox_grad(op, x, z, y, gamma)
+        scale = (op.A_adjoint(y).norm() + op.A_adjoint(op.A(x)).norm()) / op.sigma**2 \
+            + ((x.norm() + z.norm()) / torch.as_tensor(gamma) ** 2).max()
+        assert g.norm() <= 1e-8 * scale, (name, gamma, float(g.norm() / scale))
+
+
+def _cg(apply, b, iters=500, tol=1e-13):
+    x = torch.zeros_like(b)
+    r = b - apply(x)
+    p, rr = r.clone(), (r * r).sum()
+    for _ in range(iters):
+        Ap = apply(p)
+        alpha = rr / (p * Ap).sum()
+        x, r = x + alpha * p, r - alpha * Ap
+        rr_new = (r * r).sum()
+        if rr_new.sqrt() < tol * b.norm():
+            break
+        p, rr = r + (rr_new / rr) * p, rr_new
+    return x
+
+
+@pytest.mark.parametrize("name", ["blur", "sr2", "sr3"])
+def test_prox_matches_conjugate_gradient(name):
+    op, gamma = _make(name, 3, sigma=0.1), 0.07
+    z = torch.rand(1, 3, 24, 30, generator=_gen(7), dtype=DT)
+    y = op.degrade(z, _gen(8))
+    b = op.A_adjoint(y) / op.sigma**2 + z / gamma**2
+    x_cg = _cg(lambda v: op.A_adjoint(op.A(v)) / op.sigma**2 + v / gamma**2, b)
+    assert torch.allclose(op.prox_l2(z, y, gamma), x_cg, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("kh,kw", [(3, 3), (5, 4), (2, 6), (1, 1)])
+def test_blur_is_circular_convolution(kh, kw):
+    k = _rand_kernel(kh, kw, seed=kh * 10 + kw)
+    kn = k / k.sum()
+    x = torch.rand(2, 3, 11, 13, generator=_gen(2), dtype=DT)
+    ref = sum(kn[i, j] * torch.roll(x, (i - kh // 2, j - kw // 2), (-2, -1)) for i in range(kh) for j in range(kw))
+    y = Blur(k, 0.01).A(x)
+    assert torch.allclose(y, ref, atol=1e-12)
+    # conv2d computes a correlation, so flip the kernel; pad so that the centre lands on (kh//2, kw//2)
+    pt, pl = kh - 1 - kh // 2, kw - 1 - kw // 2
+    xp = F.pad(x, (pl, kw - 1 - pl, pt, kh - 1 - pt), mode="circular")
+    w = kn.flip(0, 1).expand(3, 1, kh, kw)
+    assert torch.allclose(y, F.conv2d(xp, w, groups=3), atol=1e-12)
+
+
+def test_sr_decimation_keeps_first_pixel_of_each_block():
+    op = SuperResolution(torch.ones(1, 1), 3, 0.01)  # identity blur
+    x = torch.rand(1, 1, 9, 12, generator=_gen(0), dtype=DT)
+    assert torch.allclose(op.A(x), x[..., ::3, ::3], atol=1e-14, rtol=0)
+
+
+def test_float32_and_half_stay_in_dtype():
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.rand(1, 3, 12, 12, dtype=dtype)
+        for op in (Blur(gaussian_kernel(1.0), 0.05), SuperResolution(gaussian_kernel(1.0), 2, 0.05)):
+            y = op.A(x)
+            assert y.dtype == dtype and op.A_adjoint(y).dtype == dtype
+            assert op.prox_l2(x, y, 0.1).dtype == dtype and op.init(y).dtype == dtype
+
+
+@pytest.mark.parametrize("name", ["denoise", "blur", "sr2", "inpaint"])
+def test_degrade_reproducible(name):
+    op = _make(name, 3)
+    x = torch.rand(2, 3, 24, 30, generator=_gen(1))
+    y1, y2, y3 = op.degrade(x, _gen(42)), op.degrade(x, _gen(42)), op.degrade(x, _gen(43))
+    assert torch.equal(y1, y2) and not torch.equal(y1, y3)
+    assert abs(float((y1 - op.A(x)).std()) - op.sigma) < 0.01
+
+
+def test_init_shapes_and_inpainting_fill():
+    sr = SuperResolution(gaussian_kernel(1.0), 4, 0.01)
+    y = torch.rand(2, 3, 6, 5)
+    x0 = sr.init(y)
+    assert x0.shape == (2, 3, 24, 20) and sr.x_shape(tuple(y.shape)) == tuple(x0.shape)
+    assert x0.min() >= 0 and x0.max() <= 1
+    assert Blur(gaussian_kernel(1.0), 0.01).init(y).shape == y.shape
+    mask = box_mask(8, 10, [(2, 3, 4, 5)])
+    op = Inpainting(mask, 0.01)
+    x = torch.rand(2, 3, 8, 10, generator=_gen(0))
+    y = op.A(x)
+    x0 = op.init(y)
+    obs = mask.bool().expand_as(x)
+    assert torch.equal(x0[obs], x[obs])
+    mean = (y * mask).sum((-2, -1)) / mask.sum()
+    assert torch.allclose(x0[:, :, 3, 4], mean)
+
+
+def test_lambda_min_and_registry():
+    assert Denoising(0.1).lambda_min() == 1.0
+    assert SuperResolution(gaussian_kernel(1.0), 2, 0.1).lambda_min() == 0.0
+    assert Inpainting(box_mask(4, 4, [(0, 0, 1, 1)]), 0.1).lambda_min() == 0.0
+    assert abs(Blur(torch.ones(1, 1), 0.1).lambda_min() - 1.0) < 1e-12
+    assert 0 <= Blur(gaussian_kernel(2.0), 0.1).lambda_min() < 1e-3
+    assert set(OPERATORS) == {"denoise", "blur", "sr", "inpaint"}
+    assert abs(sigma_from_255(25.5) - 0.1) < 1e-15
+
+
+def test_kernel_helpers():
+    g = gaussian_kernel(1.5)
+    assert g.shape == (11, 11) and abs(float(g.sum()) - 1) < 1e-12 and torch.equal(g, g.flip(0)) and g.argmax() == 60
+    line = motion_kernel(9, 5, 0)
+    assert abs(float(line.sum()) - 1) < 1e-12 and line[4].sum() > 0.999  # horizontal line through the centre
+    vert = motion_kernel(9, 5, 90)
+    assert vert[:, 4].sum() > 0.999
+    r1, r2 = motion_kernel(15, 10, generator=_gen(3)), motion_kernel(15, 10, generator=_gen(3))
+    assert torch.equal(r1, r2) and abs(float(r1.sum()) - 1) < 1e-12 and (r1 >= 0).all()
+    assert not torch.equal(r1, motion_kernel(15, 10, generator=_gen(4)))
+    k = validate_kernel(torch.tensor([[1.0, -1e-9], [2.0, 1.0]]))
+    assert k.min() == 0 and abs(float(k.sum()) - 1) < 1e-12
+
+
+def test_load_kernel_and_mask(tmp_path):
+    from PIL import Image
+
+    k = np.random.default_rng(0).random((5, 7))
+    np.save(tmp_path / "k.npy", k)
+    assert torch.allclose(load_kernel(tmp_path / "k.npy"), torch.from_numpy(k / k.sum()))
+    Image.fromarray((k * 255).astype(np.uint8)).save(tmp_path / "k.png")
+    assert load_kernel(tmp_path / "k.png").shape == (5, 7)
+    m = np.zeros((6, 8), np.uint8)
+    m[:, :4] = 255
+    Image.fromarray(m).convert("RGB").save(tmp_path / "m.png")
+    mask = load_mask(tmp_path / "m.png")
+    assert mask.shape == (1, 6, 8) and mask[..., :4].eq(1).all() and mask[..., 4:].eq(0).all()
+    np.save(tmp_path / "m.npy", m[None] / 255.0)
+    assert torch.equal(load_mask(tmp_path / "m.npy"), mask)
+
+
+def _one_line_error(fn, *args, match: str | None = None, **kw):
+    with pytest.raises(OperatorError, match=match) as err:
+        fn(*args, **kw)
+    assert "\n" not in str(err.value) and str(err.value)
+    return str(err.value)
+
+
+def test_validation_errors(tmp_path):
+    x = torch.rand(1, 3, 16, 16)
+    _one_line_error(Blur, torch.tensor([[1.0, float("nan")]]), 0.1, match="NaN")
+    _one_line_error(Blur, -torch.ones(3, 3), 0.1, match="positive sum")
+    _one_line_error(Blur, torch.tensor([[1.0, -0.5], [0.2, 0.1]]), 0.1, match="negative")
+    _one_line_error(Blur, torch.zeros(3, 3), 0.1, match="positive sum")
+    _one_line_error(Blur, torch.ones(3, 3, 3), 0.1, match="2-D")
+    _one_line_error(Blur(torch.ones(17, 5), 0.1).A, x, match="blur kernel 17x5 is larger than the image 16x16")
+    _one_line_error(SuperResolution(torch.ones(3, 3), 3, 0.1).A, x, match="16x16 is not divisible by the super")
+    _one_line_error(SuperResolution, torch.ones(3, 3), 0, 0.1, match="factor")
+    _one_line_error(SuperResolution, torch.ones(3, 3), 2.5, 0.1, match="factor")
+    _one_line_error(Inpainting(torch.ones(16, 15), 0.1).A, x, match="give a mask of the image's height")
+    _one_line_error(Inpainting(torch.ones(2, 16, 16), 0.1).A, x, match="does not match")
+    _one_line_error(Inpainting, torch.full((4, 4), 2.0), 0.1, match=r"\[0, 1\]")
+    for bad in (0, -0.1, float("nan"), float("inf")):
+        _one_line_error(Denoising, bad, match="sigma")
+    _one_line_error(Denoising(0.1).prox_l2, x, x, 0.0, match="gamma")
+    _one_line_error(Denoising(0.1).prox_l2, x, x[..., :8], 0.1, match="does not match")
+    for bad in (-0.1, 1.0, 1.5):
+        _one_line_error(random_mask, 4, 4, bad, match="rate")
+    _one_line_error(box_mask, 4, 4, [(5, 0, 1, 1)], match="box")
+    _one_line_error(load_kernel, tmp_path / "missing.npy", match="missing.npy")
+    (tmp_path / "garbage.png").write_bytes(b"\x00\x01not an image\xff" * 10)
+    _one_line_error(load_kernel, tmp_path / "garbage.png", match="garbage.png")
+    (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY garbage\n\x00")
+    _one_line_error(load_kernel, tmp_path / "garbage.npy", match="garbage.npy")
+    np.save(tmp_path / "k3.npy", np.ones((2, 3, 3)))
+    _one_line_error(load_kernel, tmp_path / "k3.npy", match="k3.npy")
+    _one_line_error(load_mask, tmp_path / "nomask.png", match="nomask.png")
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise std must be > 0 on the 0-255 scale, got"):
+            sigma_from_255(bad)
