@@ -121,7 +121,7 @@ class HVAEModule(L.LightningModule):
         self.log("train/bpd", out.bits_per_dim.mean(), prog_bar=True, batch_size=bs, logger=False)
         self.log_dict({"train/grad_norm": norm if finite else -1.0, "train/skipped_total": float(self.skipped_total),
                        "train/skipped": float(skip), "train/lr": sched.get_last_lr()[0],
-                       "train/decoder_gamma": float(self.model.decoder_gamma().mean())}, batch_size=bs)
+                       "train/decoder_gamma": float(self.model.decoder_gamma().detach().mean())}, batch_size=bs)
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             kl = out.kl_per_group.mean(0)
             self.log_dict({f"kl/group_{i:02d}": v for i, v in enumerate(kl)}, batch_size=bs)
@@ -199,10 +199,12 @@ class ExportPrior(L.Callback):
         self.filename, self.dirpath = filename, dirpath
 
     def _write(self, trainer: L.Trainer, module: HVAEModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
+        # trainer.log_dir broadcasts under DDP: every rank must ask for it, then rank 0 writes
         root = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
-        module.export(root / self.filename)
+        if trainer.is_global_zero:
+            module.export(root / self.filename)
 
     def on_validation_end(self, trainer, module) -> None:
         self._write(trainer, module)

@@ -107,11 +107,11 @@ def _autocast(x: Tensor, precision: str):
 
 
 def z_step(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32") -> tuple[list[Tensor], Tensor]:
-    """z = E_tau(x) and G(z), on the reflection-padded image, cropped back; G in fp32."""
+    """z = E_tau(x) and G(z), on the reflection-padded image, cropped back; G in the dtype of x."""
     padded, size = pad_to_multiple(x, prior.multiple)
     with _autocast(x, precision):
         latents, decoded = prior.encode_decode(padded, taus)
-    return latents, crop(decoded, size).float()
+    return latents, crop(decoded, size).to(x.dtype)
 
 
 def _records(history: History, residual_sq: list[Tensor], data: list[Tensor], coupling: list[Tensor],

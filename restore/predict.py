@@ -1,0 +1,279 @@
+"""Patch-wise JPMAP as a Lightning predict loop: tiles of one or many images, on any number of processes.
+
+* :class:`TileDataset` yields the tiles of the images (only the tiles without a result file when built by
+  :class:`TileDataModule`), read box by box from :class:`restore.large_io.ImageSource` objects;
+* :class:`TiledJPMAP` (a LightningModule) runs batched :func:`restore.jpmap.jpmap` on the tiles of a batch
+  and refuses non-finite results with an error naming the image and the tile's position;
+* :class:`TileWriter` (a BasePredictionWriter, ``write_interval="batch"``) writes each restored tile
+  atomically to ``tiles_dir/img{i}_tile{j}.npy`` and holds every rank at a barrier at the end of prediction,
+  so rank 0 can assemble as soon as ``trainer.predict`` returns.
+
+Under DDP, Lightning's predict sampler splits the tiles between ranks without repeating any. The list of
+missing tiles is computed in ``TileDataModule.setup``, which Lightning runs on every rank between the
+``pre_setup`` and ``post_setup`` barriers, i.e. before any tile is written: all ranks agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from data.images import DEFAULT_MAX_PIXELS, atomic_write_bytes
+from hvae.export import load_prior
+
+from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
+from .jpmap import JPMAPConfig, jpmap
+from .large_io import ImageSource, TensorSource, open_image
+from .operators import Blur, Denoising, Inpainting, SuperResolution
+from .tiling import BLEND_MODES, Box, TileGrid, default_halo, is_circular
+
+
+def operator_spec(operator) -> dict:
+    """Picklable description of an operator (the mask of Inpainting travels with the tiles instead)."""
+    if isinstance(operator, Inpainting):
+        return {"operator": "inpaint", "sigma": operator.sigma}
+    if isinstance(operator, SuperResolution):
+        return {"operator": "sr", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "factor": operator.factor}
+    if isinstance(operator, Blur):
+        return {"operator": "blur", "sigma": operator.sigma, "kernel": operator.kernel.cpu()}
+    if isinstance(operator, Denoising):
+        return {"operator": "denoise", "sigma": operator.sigma}
+    raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
+
+
+class TileDataset(Dataset):
+    """Tiles of one or many images: item = dict(image_index, tile_index, row, col, box (observation box,
+    [4] = r0, r1, c0, c1), y_tile [C, h, w] float32, and mask [Cm, h, w] for inpainting).
+
+    ``tiles`` lists the (image index, tile index) pairs to serve, default all of them."""
+
+    def __init__(self, sources: list[ImageSource], grids: list[TileGrid], masks: list[ImageSource] | None = None,
+                 tiles: list[tuple[int, int]] | None = None) -> None:
+        if len(sources) != len(grids) or (masks is not None and len(masks) != len(sources)):
+            raise ValueError("give one grid (and one mask, for inpainting) per image")
+        self.sources, self.grids, self.masks = sources, grids, masks
+        self.tiles = [(i, t.index) for i, g in enumerate(grids) for t in g.tiles] if tiles is None else list(tiles)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, k: int) -> dict:
+        i, j = self.tiles[k]
+        t = self.grids[i].tiles[j]
+        item = {"image_index": i, "tile_index": j, "row": t.row, "col": t.col,
+                "box": torch.tensor(t.obs_box), "y_tile": self.sources[i].read(t.obs_box)}
+        if self.masks is not None:
+            item["mask"] = self.masks[i].read(t.out_box)
+        return item
+
+
+def collate_tiles(items: list[dict]) -> dict:
+    """Integers stacked into tensors, images kept as lists (tiles of different images may differ in shape)."""
+    out = {k: torch.as_tensor([it[k] for it in items]) for k in ("image_index", "tile_index", "row", "col")}
+    out["box"] = torch.stack([it["box"] for it in items])
+    for k in ("y_tile", "mask"):
+        if k in items[0]:
+            out[k] = [it[k] for it in items]
+    return out
+
+
+class TileDataModule(L.LightningDataModule):
+    """Serves the tiles that have no file in ``tiles_dir`` yet (the list is made in ``setup``, on every rank
+    between Lightning's setup barriers); padded by repeating tiles up to the world size so that every rank
+    gets at least one (a repeated tile is rewritten with the same values, atomically)."""
+
+    def __init__(self, sources: list[ImageSource], grids: list[TileGrid], tiles_dir: str | os.PathLike,
+                 masks: list[ImageSource] | None = None, tiles_per_batch: int = 4, num_workers: int = 0) -> None:
+        super().__init__()
+        self.sources, self.grids, self.masks = sources, grids, masks
+        self.tiles_dir, self.tiles_per_batch, self.num_workers = Path(tiles_dir), tiles_per_batch, num_workers
+        self.dataset: TileDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        todo = missing_tiles(self.tiles_dir, self.grids)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        everything = [(i, t.index) for i, g in enumerate(self.grids) for t in g.tiles]
+        k = 0
+        while len(todo) < world:
+            todo.append(everything[k % len(everything)])
+            k += 1
+        self.dataset = TileDataset(self.sources, self.grids, self.masks, todo)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.tiles_per_batch, shuffle=False, collate_fn=collate_tiles,
+                          num_workers=self.num_workers, persistent_workers=False)
+
+
+class TiledJPMAP(L.LightningModule):
+    """Batched JPMAP on tiles. ``operator`` is "denoise", "blur", "sr" or "inpaint" with its ``sigma``,
+    ``kernel`` and ``factor`` (see :func:`operator_spec`); the prior is loaded from ``prior_path``."""
+
+    def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
+                 kernel: Tensor | None = None, factor: int = 1) -> None:
+        super().__init__()
+        self.prior = load_prior(prior_path)
+        self.config, self.name, self.sigma = jpmap_config, operator, sigma
+        ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma),
+               "sr": lambda: SuperResolution(kernel, factor, sigma), "inpaint": lambda: None}
+        if operator not in ops:
+            raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
+        self.operator = ops[operator]()
+        self.tiles_done = 0  # tiles restored by this process (for tests and logs)
+
+    def _solve(self, y: Tensor, mask: Tensor | None) -> Tensor:
+        """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel."""
+        n, c, h, w = y.shape
+        pc = self.prior.image_channels
+        if c != pc and pc == 1:
+            y = y.reshape(n * c, 1, h, w)
+            mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
+        elif c != pc:
+            y = y.expand(n, pc, h, w)
+        op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
+        x = jpmap(y, op, self.prior, self.config).estimate
+        if c != pc:
+            x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
+        return x
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
+        """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together."""
+        ys, masks = batch["y_tile"], batch.get("mask")
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for k, y in enumerate(ys):
+            groups[tuple(y.shape) + (tuple(masks[k].shape) if masks is not None else ())].append(k)
+        out: list[Tensor | None] = [None] * len(ys)
+        for idx in groups.values():
+            y = torch.stack([ys[k] for k in idx]).float()
+            mask = torch.stack([masks[k] for k in idx]).float() if masks is not None else None
+            x = self._solve(y, mask)
+            finite = torch.isfinite(x).flatten(1).all(1).cpu()
+            for n, k in enumerate(idx):
+                if not finite[n]:
+                    i, j = int(batch["image_index"][k]), int(batch["tile_index"][k])
+                    box = Box(*(int(v) for v in batch["box"][k]))
+                    raise TileError(f"image {i}, tile {j} (grid row {int(batch['row'][k])}, col {int(batch['col'][k])}; "
+                                    f"observation {box.describe()}) restored to non-finite values; check the input "
+                                    "there for NaN/inf, lower gamma or raise tau")
+                out[k] = x[n].float().cpu()
+        self.tiles_done += len(ys)
+        return out
+
+
+class TileWriter(BasePredictionWriter):
+    """Writes each restored tile of a batch atomically to ``tiles_dir/img{i}_tile{j}.npy``."""
+
+    def __init__(self, tiles_dir: str | os.PathLike) -> None:
+        super().__init__(write_interval="batch")
+        self.tiles_dir = Path(tiles_dir)
+        self.written: list[tuple[int, int]] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for k, x in enumerate(prediction):
+            i, j = int(batch["image_index"][k]), int(batch["tile_index"][k])
+            save_tile(tile_path(self.tiles_dir, i, j), x.numpy())
+            self.written.append((i, j))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier("tiles_written")  # every rank's tiles are on disk when predict returns
+
+
+def _check_run(tiles_dir: Path, fingerprint: dict) -> None:
+    """Tiles in ``tiles_dir`` may only be reused by the same run: compare with (or write) its ``run.json``."""
+    text = json.dumps(fingerprint, indent=1, sort_keys=True, default=str)
+    run = tiles_dir / "run.json"
+    if run.is_file():
+        if run.read_text() != text:
+            raise ValueError(f"{tiles_dir} holds tiles of another run (other input, operator, prior or settings); "
+                             "delete that folder or choose another output folder")
+        return
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run, text.encode())
+
+
+def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMAPConfig,
+                  out_path: str | os.PathLike, tile: int = 512, halo: int | None = None, tiles_per_batch: int = 4,
+                  devices: int | str = 1, accelerator: str = "cpu", strategy: str = "auto", num_nodes: int = 1,
+                  work_dir: str | os.PathLike | None = None, blend: str = "blend", bit_depth: int | None = None,
+                  keep_tiles: bool = False, num_workers: int = 0, progress: bool = False,
+                  max_pixels: int | None = None) -> Path:
+    """Restore ``y`` (a path: .npy/.tif memory-mapped, .png/.jpg...; or a [C, H, W] tensor) tile by tile and
+    write the stitched estimate to ``out_path`` (.png/.jpg/.tif/.npy; see :mod:`restore.assemble`).
+
+    Tiles are computed by ``trainer.predict`` on ``devices`` x ``num_nodes`` processes, written to
+    ``work_dir/tiles`` (default: the output's folder) and reused if the same call is repeated after an
+    interruption. Rank 0 assembles once every rank has finished; the other ranks return without assembling.
+    ``halo`` defaults to :func:`restore.tiling.default_halo`; ``bit_depth`` to the input's (8 or 16).
+    The tile files are deleted after a successful assembly unless ``keep_tiles``.
+    """
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    source = open_image(y, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    channels, height, width = source.shape
+    spec = operator_spec(operator)
+    prior = load_prior(prior_path)
+    halo = default_halo(operator, prior.multiple) if halo is None else int(halo)
+    scale = int(spec.get("factor", 1))
+    grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator))
+    kernel = spec.get("kernel")
+    if kernel is not None and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
+        raise ValueError(f"tiles of {grid.tile_shape[0] * scale}x{grid.tile_shape[1] * scale} output pixels are "
+                         f"smaller than the {kernel.shape[0]}x{kernel.shape[1]} kernel; use a larger --tile or --halo")
+    masks = None
+    if isinstance(operator, Inpainting):
+        m = operator.mask
+        if m.shape[0] != 1 or tuple(m.shape[-2:]) != (height, width):
+            raise ValueError(f"inpainting mask of shape {tuple(m.shape)} does not fit one {height}x{width} image")
+        masks = [TensorSource(m[0].float())]
+    out_path = Path(out_path)
+    work_dir = Path(work_dir) if work_dir is not None else out_path.parent
+    tiles_dir = work_dir / "tiles"
+    _check_run(tiles_dir, {"input": source.fingerprint(), "grid": grid.describe(), "channels": channels,
+                           "operator": {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in spec.items()},
+                           "mask": masks[0].fingerprint() if masks else None, "config": asdict(jpmap_config),
+                           "prior": _file_id(prior_path)})
+    del prior
+    is_zero = True
+    if missing_tiles(tiles_dir, [grid]):
+        module = TiledJPMAP(str(prior_path), jpmap_config, **spec)
+        data = TileDataModule([source], [grid], tiles_dir, masks, tiles_per_batch, num_workers)
+        trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                            logger=False, enable_checkpointing=False, enable_model_summary=False,
+                            enable_progress_bar=progress, callbacks=[TileWriter(tiles_dir)])
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        is_zero = trainer.is_global_zero
+    if not is_zero:
+        return out_path
+    if bit_depth is None:  # the input's depth: PNG 8 or 16, TIFF 8, 16 or 32; .npy is always float32
+        tiff = out_path.suffix.lower() in (".tif", ".tiff")
+        bit_depth = source.bit_depth if tiff or source.bit_depth == 16 else 8
+    assemble(grid, tiles_dir, out_path, channels, 0, blend, work_dir, bit_depth)
+    if not keep_tiles:
+        for t in grid.tiles:
+            tile_path(tiles_dir, 0, t.index).unlink(missing_ok=True)
+        (tiles_dir / "run.json").unlink(missing_ok=True)
+        if tiles_dir.is_dir() and not any(tiles_dir.iterdir()):
+            tiles_dir.rmdir()
+    return out_path
+
+
+def is_rank_zero() -> bool:
+    """False in the non-zero ranks of a multi-process run (after :func:`restore_tiled` returned there):
+    callers write their own outputs (metrics, previews) only where this is True."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _file_id(path) -> str:
+    p = Path(path)
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"

@@ -1,0 +1,133 @@
+"""Training end to end: train.py smoke run, export, resume, DDP on 2 CPU processes, update skipping."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hvae.export import export_prior, load_prior
+from hvae.module import HVAEModule, OptimConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "4",
+        "--data.init_args.train_samples", "64", "--data.init_args.val_samples", "4",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true", "--trainer.callbacks.every_n_train_steps=3"]
+
+
+def _train(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--trainer.default_root_dir", str(tmp_path), *FAST, *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _version_dir(tmp_path: Path, version: int = 0) -> Path:
+    return tmp_path / "lightning_logs" / f"version_{version}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    proc = _train(tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp
+
+
+def test_train_py_writes_logs_checkpoint_and_export(trained):
+    d = _version_dir(trained)
+    assert (d / "checkpoints" / "last.ckpt").is_file()
+    assert (d / "config.yaml").is_file() and list(d.glob("events.out.tfevents.*"))
+    payload = torch.load(d / "prior.pt", weights_only=True)  # a plain-weights file
+    assert payload["meta"]["global_step"] == 6
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(d), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/bits_per_dim", "train/grad_norm", "train/skipped_total", "train/lr", "val/bits_per_dim",
+            "kl/group_00"} <= tags
+    assert {"val/input_vs_reconstruction", "samples/tau_0.80"} <= set(ea.Tags()["images"])
+
+
+def test_export_matches_checkpoint_ema(trained):
+    d = _version_dir(trained)
+    from_ckpt = load_prior(d / "checkpoints" / "last.ckpt")  # EMA weights in fp32, read with weights_only
+    from_export = load_prior(d / "prior.pt")  # the same EMA weights rounded to fp16
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = from_ckpt.reconstruct(x), from_export.reconstruct(x)
+    assert float((a - b).abs().max()) < 2e-2
+    exact = d / "exact.pt"
+    export_prior(from_ckpt, exact, half=False)
+    with torch.no_grad():
+        torch.testing.assert_close(load_prior(exact).reconstruct(x), a, rtol=0, atol=0)
+
+
+def test_resume_continues_step_count(trained):
+    ckpt = _version_dir(trained) / "checkpoints" / "last.ckpt"
+    proc = _train(trained, "--ckpt_path", str(ckpt), "--trainer.max_steps", "9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = torch.load(_version_dir(trained, 1) / "prior.pt", weights_only=True)["meta"]
+    assert meta["global_step"] == 9
+    state = torch.load(_version_dir(trained, 1) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 9 and state["optimizer_states"][0]["state"]
+    assert state["lr_schedulers"][0]["last_epoch"] == 9
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    proc = _train(tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = torch.load(_version_dir(tmp_path) / "prior.pt", weights_only=True)["meta"]
+    assert meta["global_step"] == 4
+
+
+def test_bad_config_key_fails_with_a_message(tmp_path):
+    proc = _train(tmp_path, "--model.arch.colour", "3")
+    assert proc.returncode != 0 and "colour" in proc.stderr
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, n: int, nan_at: set[int]):
+        self.n, self.nan_at = n, nan_at
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i))
+        return x * float("nan") if i in self.nan_at else x
+
+
+def _fit(tmp_path, module, n_batches, nan_at=()):
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(_Batches(n_batches, set(nan_at)), batch_size=1))
+    return trainer
+
+
+def test_nan_gradient_is_skipped_counted_and_training_goes_on(tmp_path, tiny_config):
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1))
+    trainer = _fit(tmp_path, module, 6, nan_at={2})
+    assert module.skipped_total == 1 and trainer.global_step == 5
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    assert all(torch.isfinite(p).all() for p in module.ema.parameters())
+
+
+def test_too_low_threshold_cannot_stall_training(tmp_path, tiny_config):
+    optim = OptimConfig(warmup_steps=1, skip_threshold=1e-9, max_consecutive_skips=2)
+    module = HVAEModule(tiny_config, optim)
+    trainer = _fit(tmp_path, module, 9)
+    assert trainer.global_step == 3 and module.skipped_total == 6  # every third update goes through
+
+
+def test_persistent_nan_stops_training_with_a_clear_error(tmp_path, tiny_config):
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1, max_consecutive_skips=3))
+    with pytest.raises(FloatingPointError, match="consecutive non-finite"):
+        _fit(tmp_path, module, 6, nan_at={0, 1, 2, 3, 4, 5})
