@@ -41,7 +41,11 @@ def step_time(model, ema, opt, x, precision: str, steps: int, device) -> tuple[f
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:  # peak resident set size of the process (includes the Python runtime)
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return elapsed, peak
 
 
@@ -51,15 +55,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
     arch = HVAEConfig.from_dict(yaml.safe_load(open(args.config))["model"]["arch"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# {args.config}: {name}, batch {args.batch} of {args.size}x{args.size}, torch {torch.__version__}")
-    print("| precision | ms/step | images/s | peak MiB |")
+    print("| precision | ms/step | images/s | peak MiB (GPU allocated / CPU process RSS) |")
     print("|---|---|---|---|")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions.split(","):
         torch.manual_seed(0)
         model = HierarchicalVAE(arch).to(device)
         ema = HierarchicalVAE(arch).to(device).requires_grad_(False)

@@ -22,6 +22,7 @@ from hvae.export import PriorError, load_prior
 
 from .baselines import AdamConfig, adam_joint, tikhonov
 from .jpmap import JPMAPConfig, jpmap
+from .tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
 from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
                         load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255)
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", type=Path, default=Path("out/restore"))
     out.add_argument("--tensorboard", action="store_true", help="log iterates and curves to OUT/tb")
     out.add_argument("--no-progress", action="store_true")
+    add_tiling_arguments(p)
     return p
 
 
@@ -163,8 +165,7 @@ def metrics_of(estimate: Tensor, clean: Tensor) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- main job
-def run(args: argparse.Namespace) -> dict:
-    """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json."""
+def _validate(args: argparse.Namespace) -> None:
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
     if not math.isfinite(args.noise_std) or args.noise_std <= 0:
@@ -175,14 +176,65 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     if args.operator == "sr" and args.scale < 1:
         raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
+
+
+def _solver_config(args: argparse.Namespace):
     tau, tau_end = parse_tau(args.tau)
+    gamma = args.gamma / 255.0
+    if args.method == "jpmap":
+        return JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, max_iters=args.iterations, tol=args.tol,
+                           return_estimate=args.return_estimate, precision=args.precision)
+    return AdamConfig(gamma=gamma, tau=tau, tau_end=tau_end, lr=args.lr, max_iters=args.iterations,
+                      return_estimate=args.return_estimate, precision=args.precision)
+
+
+def _write_metrics(out: Path, metrics: dict) -> None:
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=str))
+    tmp.replace(out / "metrics.json")
+
+
+def _settings(args: argparse.Namespace, cfg) -> dict:
+    return {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "solver": asdict(cfg)}
+
+
+def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int, int], bit_depth: int) -> dict:
+    """A large observation file restored tile by tile, read box by box (never whole in memory)."""
+    from .predict import is_rank_zero, restore_tiled
+    if args.method != "jpmap":
+        raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
+    channels, h, w = source_shape
+    hw = (h * args.scale, w * args.scale) if args.operator == "sr" else (h, w)
+    operator = make_operator(args, hw, sigma_from_255(args.noise_std), have_observation=True)
+    suffix = ".png" if hw[0] * hw[1] <= 64 * 2**20 else ".tif"
+    start = time.perf_counter()
+    out_path = restore_tiled(args.input, operator, args.prior, cfg, args.out / f"restored{suffix}",
+                             bit_depth=bit_depth, **tiled_kwargs(args, operator))
+    metrics = {"output": str(out_path), "tiled": True, "iterations": cfg.max_iters,
+               "seconds": time.perf_counter() - start, **_settings(args, cfg)}
+    if is_rank_zero():
+        _write_metrics(args.out, metrics)
+    return metrics
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json."""
+    _validate(args)
+    cfg = _solver_config(args)
     device = pick_device(args.device)
     sigma = sigma_from_255(args.noise_std)
     prior = load_prior(args.prior, map_location=device)
-    clean = info = None
+    if args.input is not None and args.clean is None:
+        from .large_io import open_image
+        source = open_image(args.input, args.max_pixels)
+        c, h, w = source.shape
+        hw_out = (h * args.scale, w * args.scale) if args.operator == "sr" else (h, w)
+        if use_tiles(args, *hw_out):
+            return run_tiled_input(args, cfg, source.shape, source.bit_depth)
+    clean = info = y = None
     if args.clean is not None:
         clean, info = read_image_with_info(args.clean, max_pixels=args.max_pixels)
-    y = None
     if args.input is not None:
         y, in_info = read_image_with_info(args.input, max_pixels=args.max_pixels)
         info = info or in_info
@@ -199,46 +251,51 @@ def run(args: argparse.Namespace) -> dict:
                          f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
     if y is not None and y.shape[0] != channels:
         raise UsageError("--input and --clean have different numbers of channels")
-    operator = operator.to(device)
-    if y is None:
-        x_true = clean[None].to(device, torch.float64)
-        gen = torch.Generator(device="cpu").manual_seed(args.seed)
-        y = operator.degrade(x_true.cpu(), generator=gen).to(device)[0]
-    y_batch = to_prior_channels(y[None].to(device, torch.float32), prior.image_channels)
-    gamma = args.gamma / 255.0
+    if y is None:  # synthetic degradation, in float64 on the CPU, seeded
+        y = operator.degrade(clean[None].double(), generator=torch.Generator().manual_seed(args.seed))[0].float()
+    bit_depth = 16 if info is not None and info.bit_depth == 16 else 8
+    tiled = use_tiles(args, *hw)
     start = time.perf_counter()
-    progress = None if args.no_progress else _progress(args.iterations)
-    if args.method == "jpmap":
-        cfg = JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, max_iters=args.iterations, tol=args.tol,
-                          return_estimate=args.return_estimate, precision=args.precision)
-        result = jpmap(y_batch, operator, prior, cfg, callback=progress)
+    if tiled:
+        from .predict import is_rank_zero, restore_tiled
+        if args.method != "jpmap":
+            raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
+        out_path = restore_tiled(y, operator.cpu(), args.prior, cfg, args.out / "restored.png", bit_depth=bit_depth,
+                                 **tiled_kwargs(args, operator))
+        if not is_rank_zero():
+            return {}
+        estimate = read_image_with_info(out_path)[0]
+        result = None
     else:
-        cfg = AdamConfig(gamma=gamma, tau=tau, tau_end=tau_end, lr=args.lr, max_iters=args.iterations,
-                         return_estimate=args.return_estimate, precision=args.precision)
-        result = adam_joint(y_batch, operator, prior, cfg)
+        operator = operator.to(device)
+        y_batch = to_prior_channels(y[None].to(device, torch.float32), prior.image_channels)
+        progress = None if args.no_progress else _progress(args.iterations)
+        if args.method == "jpmap":
+            result = jpmap(y_batch, operator, prior, cfg, callback=progress)
+        else:
+            result = adam_joint(y_batch, operator, prior, cfg)
+        estimate = from_prior_channels(result.estimate, channels)[0].cpu()
+        if not bool(torch.isfinite(estimate).all()):
+            raise RuntimeError("the solver produced non-finite values; lower --gamma or raise --tau")
     seconds = time.perf_counter() - start
-    estimate = from_prior_channels(result.estimate, channels)[0].cpu()
-    if not bool(torch.isfinite(estimate).all()):
-        raise RuntimeError("the solver produced non-finite values; lower --gamma or raise --tau")
-    metrics = {"iterations": result.iterations, "converged": result.converged, "seconds": seconds,
-               "final_residual": result.history.residual[-1] if result.history.residual else None,
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "solver": {k: v for k, v in asdict(cfg).items()}, "sigma": sigma, "device": str(device)}
+    metrics = {"iterations": result.iterations if result else cfg.max_iters,
+               "converged": result.converged if result else None, "seconds": seconds, "tiled": tiled,
+               "final_residual": result.history.residual[-1] if result and result.history.residual else None,
+               "sigma": sigma, "device": str(device), **_settings(args, cfg)}
     if clean is not None:
         metrics.update(metrics_of(estimate[None], clean[None]))
         if y.shape[-2:] == clean.shape[-2:]:
-            metrics["degraded"] = metrics_of(y[None].cpu().float(), clean[None])
-        metrics["tikhonov"] = metrics_of(from_prior_channels(tikhonov(y_batch, operator).estimate, channels).cpu(),
-                                         clean[None])
-    bit_depth = 16 if info is not None and info.bit_depth == 16 else 8
+            metrics["degraded"] = metrics_of(y[None], clean[None])
+        if not tiled:
+            wiener = tikhonov(to_prior_channels(y[None].to(device), prior.image_channels), operator, grad_std=0.1)
+            metrics["tikhonov"] = metrics_of(from_prior_channels(wiener.estimate, channels).cpu(), clean[None])
     args.out.mkdir(parents=True, exist_ok=True)
-    write_image(args.out / "degraded.png", y.cpu().float().clamp(0, 1), bit_depth=bit_depth)
-    write_image(args.out / "restored.png", estimate.clamp(0, 1), bit_depth=bit_depth)
-    if args.tensorboard:
+    write_image(args.out / "degraded.png", y.clamp(0, 1), bit_depth=bit_depth)
+    if not tiled:
+        write_image(args.out / "restored.png", estimate.clamp(0, 1), bit_depth=bit_depth)
+    if args.tensorboard and result is not None:
         _tensorboard(args.out / "tb", result, estimate)
-    tmp = args.out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    tmp.replace(args.out / "metrics.json")
+    _write_metrics(args.out, metrics)
     return metrics
 
 
@@ -282,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    if not metrics:  # a non-zero rank of a multi-process run: rank 0 reports
+        return 0
     summary = {k: metrics[k] for k in ("psnr", "ssim", "iterations", "seconds") if k in metrics}
     print(json.dumps(summary))
-    print(f"wrote {args.out}/restored.png, degraded.png, metrics.json")
+    print(f"wrote {args.out}/: {metrics.get('output', 'restored.png')}, metrics.json")
     return 0

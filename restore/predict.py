@@ -34,7 +34,7 @@ from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
 from .jpmap import JPMAPConfig, jpmap
 from .large_io import ImageSource, TensorSource, open_image
 from .operators import Blur, Denoising, Inpainting, SuperResolution
-from .tiling import BLEND_MODES, Box, TileGrid, default_halo, is_circular
+from .tiling import BLEND_MODES, Box, Segments, TileGrid, default_halo, is_circular, pad_segment
 
 
 def operator_spec(operator) -> dict:
@@ -50,9 +50,45 @@ def operator_spec(operator) -> dict:
     raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
 
 
+class SegmentedPrior:
+    """The prior as the z-step of a batch of tiles must see it (a :class:`restore.prior.Prior` for
+    :func:`restore.jpmap.jpmap`): each tile's window is encoded piece by piece, each piece padded onto the
+    whole image's pooling grid (:meth:`restore.tiling.TileGrid.segments`), so that a window that wraps around
+    the image border shows the prior the border, not the opposite edge's pixels, and every pooling cell
+    covers the pixels it covers in the whole-image run. ``segments``: one entry per batch item.
+
+    ``multiple`` is 1 because the padding is done here: jpmap's own padding then does nothing."""
+
+    multiple = 1
+
+    def __init__(self, prior, segments: list[Segments]) -> None:
+        self.prior, self.segments = prior, list(segments)
+        self.image_channels, self.num_groups = prior.image_channels, prior.num_groups
+
+    def encode_decode(self, x: Tensor, tau) -> tuple[list[Tensor], Tensor]:
+        if x.shape[0] != len(self.segments):
+            raise ValueError(f"{x.shape[0]} tiles but segments for {len(self.segments)}")
+        groups: dict[Segments, list[int]] = defaultdict(list)
+        for k, seg in enumerate(self.segments):
+            groups[seg].append(k)
+        out = None
+        for (rows, cols), idx in groups.items():
+            xb = x[idx] if len(idx) < x.shape[0] else x
+            for r in rows:
+                for c in cols:
+                    piece = pad_segment(xb[..., r.w0:r.w1, c.w0:c.w1], r, c)
+                    _, dec = self.prior.encode_decode(piece, tau)
+                    if out is None:
+                        out = x.new_empty(x.shape, dtype=dec.dtype)
+                    out[idx, :, r.w0:r.w1, c.w0:c.w1] = dec[..., r.before:r.before + r.w1 - r.w0,
+                                                            c.before:c.before + c.w1 - c.w0]
+        return [], out  # jpmap uses G(z) only
+
+
 class TileDataset(Dataset):
     """Tiles of one or many images: item = dict(image_index, tile_index, row, col, box (observation box,
-    [4] = r0, r1, c0, c1), y_tile [C, h, w] float32, and mask [Cm, h, w] for inpainting).
+    [4] = r0, r1, c0, c1), y_tile [C, h, w] float32, segments (how the z-step cuts the window, see
+    :meth:`restore.tiling.TileGrid.segments`), and mask [Cm, h, w] for inpainting).
 
     ``tiles`` lists the (image index, tile index) pairs to serve, default all of them."""
 
@@ -70,7 +106,8 @@ class TileDataset(Dataset):
         i, j = self.tiles[k]
         t = self.grids[i].tiles[j]
         item = {"image_index": i, "tile_index": j, "row": t.row, "col": t.col,
-                "box": torch.tensor(t.obs_box), "y_tile": self.sources[i].read(t.obs_box)}
+                "box": torch.tensor(t.obs_box), "y_tile": self.sources[i].read(t.obs_box),
+                "segments": self.grids[i].segments(t)}
         if self.masks is not None:
             item["mask"] = self.masks[i].read(t.out_box)
         return item
@@ -80,7 +117,7 @@ def collate_tiles(items: list[dict]) -> dict:
     """Integers stacked into tensors, images kept as lists (tiles of different images may differ in shape)."""
     out = {k: torch.as_tensor([it[k] for it in items]) for k in ("image_index", "tile_index", "row", "col")}
     out["box"] = torch.stack([it["box"] for it in items])
-    for k in ("y_tile", "mask"):
+    for k in ("y_tile", "mask", "segments"):
         if k in items[0]:
             out[k] = [it[k] for it in items]
     return out
@@ -129,24 +166,28 @@ class TiledJPMAP(L.LightningModule):
         self.operator = ops[operator]()
         self.tiles_done = 0  # tiles restored by this process (for tests and logs)
 
-    def _solve(self, y: Tensor, mask: Tensor | None) -> Tensor:
-        """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel."""
+    def _solve(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None = None) -> Tensor:
+        """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel.
+        ``segments`` (one per tile) makes the z-step see each window as the whole-image run sees those pixels
+        (:class:`SegmentedPrior`); without it the prior sees the windows as they are."""
         n, c, h, w = y.shape
         pc = self.prior.image_channels
         if c != pc and pc == 1:
             y = y.reshape(n * c, 1, h, w)
             mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
+            segments = None if segments is None else [s for s in segments for _ in range(c)]
         elif c != pc:
             y = y.expand(n, pc, h, w)
         op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
-        x = jpmap(y, op, self.prior, self.config).estimate
+        prior = self.prior if segments is None else SegmentedPrior(self.prior, segments)
+        x = jpmap(y, op, prior, self.config).estimate
         if c != pc:
             x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
         return x
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together."""
-        ys, masks = batch["y_tile"], batch.get("mask")
+        ys, masks, segments = batch["y_tile"], batch.get("mask"), batch.get("segments")
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, y in enumerate(ys):
             groups[tuple(y.shape) + (tuple(masks[k].shape) if masks is not None else ())].append(k)
@@ -154,7 +195,7 @@ class TiledJPMAP(L.LightningModule):
         for idx in groups.values():
             y = torch.stack([ys[k] for k in idx]).float()
             mask = torch.stack([masks[k] for k in idx]).float() if masks is not None else None
-            x = self._solve(y, mask)
+            x = self._solve(y, mask, None if segments is None else [segments[k] for k in idx])
             finite = torch.isfinite(x).flatten(1).all(1).cpu()
             for n, k in enumerate(idx):
                 if not finite[n]:
@@ -222,7 +263,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     prior = load_prior(prior_path)
     halo = default_halo(operator, prior.multiple) if halo is None else int(halo)
     scale = int(spec.get("factor", 1))
-    grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator))
+    grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple)
     kernel = spec.get("kernel")
     if kernel is not None and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
         raise ValueError(f"tiles of {grid.tile_shape[0] * scale}x{grid.tile_shape[1] * scale} output pixels are "
