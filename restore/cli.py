@@ -28,6 +28,8 @@ from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolut
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
+DEFAULT_PRESET = ROOT / "configs" / "restore" / "natural.yaml"
+FALLBACK = {"gamma": 10.0, "tau": "0.8", "iterations": 50, "return": "x"}
 
 
 class UsageError(ValueError):
@@ -56,13 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv = p.add_argument_group("solver")
     sv.add_argument("--prior", type=Path, default=DEFAULT_PRIOR, help="prior export (prior.pt) or .ckpt")
     sv.add_argument("--method", choices=["jpmap", "adam"], default="jpmap")
-    sv.add_argument("--gamma", type=float, default=10.0, help="coupling std gamma on the 0-255 scale")
-    sv.add_argument("--tau", type=str, default="0.8",
+    sv.add_argument("--preset", type=Path, default=DEFAULT_PRESET,
+                    help="YAML of per-operator defaults for --gamma, --tau, --iterations, --return")
+    sv.add_argument("--gamma", type=float, default=None, help="coupling std gamma on the 0-255 scale")
+    sv.add_argument("--tau", type=str, default=None,
                     help="temperature: one value, a comma list (one per group), or START:END (linear top->bottom)")
-    sv.add_argument("--iterations", type=int, default=50)
+    sv.add_argument("--iterations", type=int, default=None)
     sv.add_argument("--tol", type=float, default=1e-4, help="stop when the RMS residual is below this")
     sv.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (--method adam)")
-    sv.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], default="x")
+    sv.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], default=None)
     sv.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     sv.add_argument("--seed", type=int, default=0)
@@ -165,7 +169,27 @@ def metrics_of(estimate: Tensor, clean: Tensor) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- main job
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fills --gamma, --tau, --iterations, --return not given on the command line from the preset's
+    section for the operator (then from built-in fallbacks)."""
+    values = dict(FALLBACK)
+    if args.preset is not None:
+        import yaml
+        try:
+            preset = yaml.safe_load(Path(args.preset).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"cannot read --preset {args.preset}: {type(err).__name__}") from None
+        section = preset.get(args.operator, {}) if isinstance(preset, dict) else None
+        if not isinstance(section, dict) or set(section) - set(FALLBACK):
+            raise UsageError(f"--preset {args.preset}: section {args.operator!r} must map some of {sorted(FALLBACK)}")
+        values.update(section)
+    for key, dest in (("gamma", "gamma"), ("tau", "tau"), ("iterations", "iterations"), ("return", "return_estimate")):
+        if getattr(args, dest) is None:
+            setattr(args, dest, str(values[key]) if key == "tau" else values[key])
+
+
 def _validate(args: argparse.Namespace) -> None:
+    apply_preset(args)
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
     if not math.isfinite(args.noise_std) or args.noise_std <= 0:

@@ -1,0 +1,575 @@
+"""Restoration quality of PnP-HVAE against baselines, every method on the same degraded images.
+
+    python benchmarks/quality.py --limit 4 --crop 128 --tasks deblur sr2 inpaint_random --figures
+    python benchmarks/quality.py --dataset faces --prior priors/faces.pt          # CelebA-HQ (needs a face prior)
+
+Protocol. Each clean image x (centre-cropped to ``--crop``, then to a multiple of the SR factor) is degraded
+synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries, no clipping and the
+generator ``torch.Generator().manual_seed(seed + image_index)`` (masks are drawn from it first, then the noise).
+y is then cast to float32 and every method restores the SAME y with the SAME operator object.
+PSNR is on the full image (no border removed) of the estimate clamped to [0, 1] against the clean image;
+SSIM is torchmetrics' ``structural_similarity_index_measure(data_range=1)`` on the same tensors.
+
+Tasks (``--tasks``):
+  deblur          the published PnP-HVAE natural-image protocol: kernels 4, 7, 9, 11 of ``--kernels`` (25x25)
+                  at noise 2.55, 7.65, 12.75 on the 0-255 scale (12 settings; ``--deblur-kernels`` and
+                  ``--deblur-noises`` select a subset)
+  sr2, sr4        blur by a Gaussian of std 0.5 * factor pixels (1.0 for x2, 2.0 for x4; the usual anti-aliasing
+                  choice, a bicubic-like support) then keep one pixel per factor x factor block; noise 2.55
+  inpaint_random  50% of the pixels missing (same mask on all channels), noise 2.55
+  inpaint_boxes   3 missing squares of side round(0.2 * min(H, W)) at random positions, noise 2.55
+
+Methods (``--methods``):
+  pnp-hvae  restore.jpmap.jpmap with the operator's preset from ``--preset`` (configs/restore/natural.yaml:
+            gamma on the 0-255 scale, tau, iterations, return x|decoded); ``--gamma/--tau/--iters/--return``
+            override it
+  adam      restore.baselines.adam_joint: Adam on J(x, z) with the same gamma, tau and returned estimate,
+            lr ``--adam-lr`` (1e-2), ``--adam-iters`` (200) iterations
+  wiener    restore.baselines.tikhonov with a fixed gradient std ``--wiener-grad-std`` = 0.1
+  tv        restore.baselines.total_variation with lam = c * sigma (sigma on the [0, 1] scale), c = ``--tv-c``
+            (default 0.1, chosen with ``--tune-tv``: a grid of c on 2 validation crops of the training folder,
+            ``split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]``, deblurring with kernel 9 at the
+            three noise levels; never on test images)
+  pnp-bm3d  our own half-quadratic splitting loop, so that it uses exactly the same operators:
+            x_k = operator.prox_l2(z_{k-1}, y, s_k) (exact data step), z_k = BM3D(x_k, s_k) with
+            ``deepinv.models.BM3D`` (package bm3d), s_k geometric from 50/255 down to max(sigma, 2.55/255) over
+            ``--bm3d-iters`` (8) iterations, z_0 = operator.init(y); returns z_K. Needs the optional extra
+            ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3); skipped with a note when not importable.
+
+Outputs: a CSV with one row per image x task setting x method (psnr, ssim, seconds, iterations), and markdown
+tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
+exact command. ``--figures``: on the first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of
+x_k per iteration for JPMAP and Adam, and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir``
+(matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
+``torch.optim.Adam`` for the duration of one call so that each step reports x (no change to baselines.py; the
+run is deterministic, so x after k steps is what a separate run with max_iters = k returns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from data.images import list_images, read_image  # noqa: E402
+from data.patches import split_files  # noqa: E402
+from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation  # noqa: E402
+from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
+from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
+                               random_mask, sigma_from_255)
+
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {  # name -> (default folder, default prior, default preset)
+    "natural": (SHARED / "test" / "CBSD68", ROOT / "priors" / "natural.pt", ROOT / "configs/restore/natural.yaml"),
+    "faces": (SHARED / "test" / "CelebAHQ", ROOT / "priors" / "faces.pt", ROOT / "configs/restore/faces.yaml"),
+}
+TASKS = ("deblur", "sr2", "sr4", "inpaint_random", "inpaint_boxes")
+METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d")
+PRESET_KEY = {"deblur": "blur", "sr2": "sr", "sr4": "sr", "inpaint_random": "inpaint", "inpaint_boxes": "inpaint"}
+FALLBACK_PRESET = {"gamma": 20.0, "tau": 0.9, "iterations": 30, "return": "decoded"}
+FIELDS = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
+          "iterations", "height", "width")
+
+
+# ------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Setting:
+    """One degradation: ``make(height, width, generator)`` builds the operator (drawing a mask if any)."""
+
+    task: str
+    name: str
+    noise255: float
+    kernel: str
+    factor: int
+    make: Callable[[int, int, torch.Generator], object]
+
+
+def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequence[int],
+                   deblur_noises: Sequence[float]) -> list[Setting]:
+    out: list[Setting] = []
+    for task in tasks:
+        if task == "deblur":
+            for k in deblur_kernels:
+                kernel = load_kernel(kernels_dir / f"{k}.npy")
+                for s in deblur_noises:
+                    out.append(Setting(task, f"k{k} s{s:g}", s, str(k), 1,
+                                       lambda h, w, g, kernel=kernel, s=s: Blur(kernel, sigma_from_255(s))))
+        elif task in ("sr2", "sr4"):
+            f = int(task[2:])
+            kernel = gaussian_kernel(0.5 * f)
+            out.append(Setting(task, f"x{f} s2.55", 2.55, f"gauss{0.5 * f:g}", f,
+                               lambda h, w, g, kernel=kernel, f=f: SuperResolution(kernel, f, sigma_from_255(2.55))))
+        elif task == "inpaint_random":
+            out.append(Setting(task, "50% s2.55", 2.55, "", 1,
+                               lambda h, w, g: Inpainting(random_mask(h, w, 0.5, generator=g), sigma_from_255(2.55))))
+        elif task == "inpaint_boxes":
+            out.append(Setting(task, "3 boxes s2.55", 2.55, "", 1,
+                               lambda h, w, g: Inpainting(random_boxes(h, w, g), sigma_from_255(2.55))))
+        else:
+            raise SystemExit(f"unknown task {task!r}; use some of {', '.join(TASKS)}")
+    return out
+
+
+def random_boxes(height: int, width: int, generator: torch.Generator, count: int = 3, frac: float = 0.2) -> Tensor:
+    """[1, H, W] mask with ``count`` missing squares of side round(frac * min(H, W)) at random positions."""
+    side = max(1, round(frac * min(height, width)))
+    mask = torch.ones(1, height, width)
+    for _ in range(count):
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
+        mask[:, top:top + side, left:left + side] = 0
+    return mask
+
+
+def centre_crop(x: Tensor, size: int | None, multiple: int = 1) -> Tensor:
+    """CHW centre crop to at most size x size, then to a multiple of ``multiple`` on each side."""
+    h, w = x.shape[-2:]
+    th, tw = (min(h, size), min(w, size)) if size else (h, w)
+    th, tw = th - th % multiple, tw - tw % multiple
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top:top + th, left:left + tw]
+
+
+def load_images(folder: Path, limit: int | None, crop: int | None, resize: int | None) -> list[tuple[str, Tensor]]:
+    files = list_images(folder)[:limit] if limit else list_images(folder)
+    out = []
+    for f in files:
+        x = read_image(f, channels=3)
+        if resize:  # shorter side to ``resize`` (antialiased), e.g. 1024 px faces to the prior's scale
+            h, w = x.shape[-2:]
+            r = resize / min(h, w)
+            x = torch.nn.functional.interpolate(x[None], size=(round(h * r), round(w * r)), mode="bicubic",
+                                                antialias=True, align_corners=False)[0].clamp(0, 1)
+        out.append((f.stem, centre_crop(x, crop)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def psnr(estimate: Tensor, clean: Tensor) -> float:
+    mse = float(((estimate.clamp(0, 1).double() - clean.double()) ** 2).mean())
+    return 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+
+
+def ssim(estimate: Tensor, clean: Tensor) -> float:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    return float(structural_similarity_index_measure(estimate.clamp(0, 1).double(), clean.double(), data_range=1.0))
+
+
+# ------------------------------------------------------------------------------------------- methods
+def read_preset(path: Path | None) -> dict:
+    if path is None or not Path(path).is_file():
+        return {}
+    import yaml
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return data if isinstance(data, dict) else {}
+
+
+def parse_tau(value) -> tuple[float | tuple[float, ...], float | None]:
+    """'0.9', '0.9,0.8,...' (one per group) or 'START:END' (linear from the top group to the bottom one)."""
+    text = str(value)
+    if ":" in text:
+        start, end = (float(v) for v in text.split(":"))
+        return start, end
+    values = tuple(float(v) for v in text.split(","))
+    return (values[0] if len(values) == 1 else values), None
+
+
+def hvae_settings(args: argparse.Namespace, task: str) -> dict:
+    """gamma (0-255), tau, tau_end, iterations, return for the operator of ``task``: preset, then overrides."""
+    values = dict(FALLBACK_PRESET)
+    values.update(read_preset(args.preset).get(PRESET_KEY[task], {}) or {})
+    for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
+                          ("return", args.return_estimate)):
+        if override is not None:
+            values[key] = override
+    values["tau"], values["tau_end"] = parse_tau(values["tau"])
+    return values
+
+
+def tau_text(v: dict) -> str:
+    return f"{v['tau']}" if v["tau_end"] is None else f"{v['tau']}:{v['tau_end']}"
+
+
+def tv_lam(args: argparse.Namespace, sigma: float) -> float:
+    return args.tv_c * sigma
+
+
+def load_bm3d():
+    """deepinv's BM3D denoiser, or None with a printed note when the optional extra is missing."""
+    try:
+        from deepinv.models import BM3D
+        return BM3D()
+    except Exception as err:  # ImportError, or bm3d missing inside deepinv
+        print(f"# note: pnp-bm3d skipped ({type(err).__name__}: {err}); install it with pip install -e '.[bench]'")
+        return None
+
+
+@torch.no_grad()
+def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, s_start: float = 50 / 255) -> tuple[Tensor, int]:
+    """HQS: x_k = prox_l2(z_{k-1}, y, s_k) (exact), z_k = BM3D(x_k, s_k); s_k geometric, s_start -> max(sigma, 0.01)."""
+    s_end = max(operator.sigma, 2.55 / 255)
+    sched = [s_start * (s_end / s_start) ** (k / max(1, iters - 1)) for k in range(iters)]
+    z = operator.init(y)
+    for s in sched:
+        x = operator.prox_l2(z, y, s)
+        z = denoiser(x.detach().float().cpu(), s).to(device=y.device, dtype=y.dtype)
+    return z, iters
+
+
+def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, task: str, bm3d) -> tuple[Tensor, int]:
+    if method in ("pnp-hvae", "adam"):
+        hv = hvae_settings(args, task)
+        common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
+        if method == "pnp-hvae":
+            r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), **common))
+        else:
+            r = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
+        return r.estimate, r.iterations
+    if method == "wiener":
+        r = tikhonov(y, op, grad_std=args.wiener_grad_std)
+        return r.estimate, r.iterations
+    if method == "tv":
+        r = total_variation(y, op, lam=tv_lam(args, op.sigma))
+        return r.estimate, r.iterations
+    if method == "pnp-bm3d":
+        return pnp_bm3d(y, op, bm3d, args.bm3d_iters)
+    raise ValueError(method)
+
+
+# ------------------------------------------------------------------------------------------- reporting
+def machine_line(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or "CPU"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        name = f"{name}, {torch.get_num_threads()} threads"
+    return f"{name}; torch {torch.__version__}; python {platform.python_version()}"
+
+
+def fmt(v: float, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if math.isfinite(v) else "nan"
+
+
+def tables(rows: list[dict], methods: Sequence[str]) -> str:
+    """Markdown: per task, PSNR / SSIM means per setting (rows) and method (columns), then seconds and iterations."""
+    out = []
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    for task in tasks:
+        sub = [r for r in rows if r["task"] == task]
+        present = [m for m in methods if any(r["method"] == m for r in sub)]
+        cell: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for r in sub:
+            cell[(r["setting"], r["method"])].append(r)
+        settings = list(dict.fromkeys(r["setting"] for r in sub))
+        n_img = len({r["image"] for r in sub})
+        out.append(f"**{task}** (PSNR dB / SSIM, mean over {n_img} images)\n")
+        out.append("| setting | " + " | ".join(present) + " |")
+        out.append("|---|" + "---|" * len(present))
+        for s in settings + (["**mean**"] if len(settings) > 1 else []):
+            vals = []
+            for m in present:
+                rs = [r for r in sub if r["method"] == m] if s == "**mean**" else cell[(s, m)]
+                vals.append(f"{fmt(mean(rs, 'psnr'))} / {fmt(mean(rs, 'ssim'), 3)}" if rs else "-")
+            out.append(f"| {s} | " + " | ".join(vals) + " |")
+        secs = [f"{fmt(mean([r for r in sub if r['method'] == m], 'seconds'), 1)} s, "
+                f"{fmt(mean([r for r in sub if r['method'] == m], 'iterations'), 0)} it" for m in present]
+        out.append("| seconds, iterations per image | " + " | ".join(secs) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def mean(rows: list[dict], key: str) -> float:
+    vals = [float(r[key]) for r in rows]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
+
+
+# ------------------------------------------------------------------------------------------- figures
+@contextlib.contextmanager
+def recording_adam(record: Callable[[Tensor], None]):
+    """Within the block, torch.optim.Adam reports its first parameter (x in adam_joint) after every step."""
+    original = torch.optim.Adam
+
+    class Recording(original):
+        def step(self, closure=None):
+            out = super().step(closure)
+            record(self.param_groups[0]["params"][0].detach())
+            return out
+
+    torch.optim.Adam = Recording
+    try:
+        yield
+    finally:
+        torch.optim.Adam = original
+
+
+def line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
+              ylabel: str, logy: bool = False) -> None:
+    """One PNG with a line per series: matplotlib when importable, else a minimal PIL drawing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _pil_plot(path, series, title, xlabel, ylabel, logy)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, ms=3, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pil_plot(path, series, title, xlabel, ylabel, logy) -> None:
+    from PIL import Image, ImageDraw
+    W, H, m = 600, 400, 50
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    t = (lambda v: math.log10(v)) if logy else (lambda v: v)
+    pts = [(x, t(y)) for xs, ys in series.values() for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not logy)]
+    if not pts:
+        return img.save(path)
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    sx = lambda x: m + (x - x0) / (x1 - x0) * (W - 2 * m)  # noqa: E731
+    sy = lambda y: H - m - (y - y0) / (y1 - y0) * (H - 2 * m)  # noqa: E731
+    d.rectangle([m, m, W - m, H - m], outline="black")
+    d.text((m, 10), title, fill="black")
+    d.text((W // 2 - 30, H - 25), xlabel, fill="black")
+    d.text((5, m - 20), f"{ylabel}{' (log10)' if logy else ''}", fill="black")
+    for v, y in ((y0, H - m), (y1, m)):
+        d.text((5, y - 5), f"{v:.3g}", fill="black")
+    for v, x in ((x0, m), (x1, W - m)):
+        d.text((x - 10, H - m + 5), f"{v:g}", fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        c = colours[i % len(colours)]
+        p = [(sx(x), sy(t(y))) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not logy)]
+        if len(p) > 1:
+            d.line(p, fill=c, width=2)
+        d.text((W - m - 120, m + 8 + 14 * i), name, fill=c)
+    img.save(path)
+
+
+def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> list[str]:
+    """Convergence (residual, PSNR per iteration: JPMAP vs Adam) and PSNR against tau, on the first image."""
+    name, clean = images[0]
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    setting = build_settings(["deblur"], Path(args.kernels), [9], [7.65])[0]
+    gen = torch.Generator().manual_seed(args.seed)  # image index 0: the same y as in the table
+    op = setting.make(*clean.shape[-2:], gen)
+    y = op.degrade(clean[None].double(), gen).float().to(device)
+    op, clean = op.to(device), clean[None].to(device)
+    hv = hvae_settings(args, "deblur")
+    common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
+    jp_psnr: list[float] = []
+    r_jp = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), tol=0.0, **common),
+                 callback=lambda k, x: jp_psnr.append(psnr(x, clean)))
+    ad_psnr: list[float] = []
+    with recording_adam(lambda x: ad_psnr.append(psnr(x, clean))):
+        r_ad = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.fig_adam_iters, **common))
+    it_jp, it_ad = list(range(1, len(jp_psnr) + 1)), list(range(1, len(ad_psnr) + 1))
+    tag = f"{name}, kernel 9, noise 7.65"
+    written = []
+    p1, p2, p3 = fig_dir / "quality_residual.png", fig_dir / "quality_psnr_iterations.png", fig_dir / "quality_tau.png"
+    line_plot(p1, {"JPMAP": (list(range(1, len(r_jp.history.residual) + 1)), r_jp.history.residual),
+                   "Adam": (list(range(1, len(r_ad.history.residual) + 1)), r_ad.history.residual)},
+              f"RMS residual ||x_k - x_k-1|| ({tag})", "iteration", "residual", logy=True)
+    line_plot(p2, {"JPMAP": (it_jp, jp_psnr), "Adam": (it_ad, ad_psnr)},
+              f"PSNR of x_k ({tag})", "iteration", "PSNR (dB)")
+    written += [str(p1), str(p2)]
+    taus = [round(0.5 + 0.1 * i, 2) for i in range(6)]
+    est_psnr, x_psnr = [], []
+    for tau in taus:
+        r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), **{**common, "tau": tau, "tau_end": None}))
+        est_psnr.append(psnr(r.estimate, clean))
+        x_psnr.append(psnr(r.x, clean))
+        print(f"# figure: tau {tau:g}: PSNR {hv['return']} {est_psnr[-1]:.2f}, x_K {x_psnr[-1]:.2f}", flush=True)
+    series = {f"JPMAP returned ({hv['return']})": (taus, est_psnr)}
+    if hv["return"] != "x":
+        series["JPMAP x_K"] = (taus, x_psnr)
+    line_plot(p3, series, f"PSNR against tau ({tag}, gamma {hv['gamma']:g}/255)", "tau", "PSNR (dB)")
+    written.append(str(p3))
+    print(f"# figure: JPMAP final PSNR(x) {jp_psnr[-1]:.2f} after {len(jp_psnr)} it, "
+          f"Adam {ad_psnr[-1]:.2f} after {len(ad_psnr)} it", flush=True)
+    return written
+
+
+# ------------------------------------------------------------------------------------------- TV tuning
+def tune_tv(args: argparse.Namespace, grid: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)) -> float:
+    """c of lam = c * sigma maximising the mean PSNR on 2 validation crops (kernel 9, the deblur noise levels)."""
+    folder = Path(args.tune_folder)
+    val = split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]
+    clean = torch.stack([centre_crop(read_image(f, channels=3), args.crop or 128) for f in val])
+    kernel = load_kernel(Path(args.kernels) / "9.npy")
+    scores = {c: [] for c in grid}
+    for s in (2.55, 7.65, 12.75):
+        op = Blur(kernel, sigma_from_255(s))
+        y = op.degrade(clean.double(), torch.Generator().manual_seed(args.seed)).float()
+        for c in grid:
+            est = total_variation(y, op, lam=c * op.sigma).estimate
+            scores[c] += [psnr(e[None], x[None]) for e, x in zip(est, clean)]
+    print("# TV tuning on validation crops " + ", ".join(p.name for p in val) + ": "
+          + ", ".join(f"c={c:g}: {sum(v) / len(v):.2f} dB" for c, v in scores.items()))
+    return max(grid, key=lambda c: sum(scores[c]))
+
+
+# ------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="natural")
+    p.add_argument("--folder", type=Path, help="test images (default: CBSD68 for natural, CelebAHQ for faces)")
+    p.add_argument("--prior", type=Path, help="prior export (default priors/<natural|faces>.pt)")
+    p.add_argument("--preset", type=Path, help="restoration presets (default configs/restore/<dataset>.yaml, "
+                                               "falling back to natural.yaml)")
+    p.add_argument("--kernels", type=Path, default=SHARED / "kernels")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--deblur-kernels", type=int, nargs="+", default=[4, 7, 9, 11])
+    p.add_argument("--deblur-noises", type=float, nargs="+", default=[2.55, 7.65, 12.75])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--limit", type=int, help="first N images (sorted by name)")
+    p.add_argument("--crop", type=int, help="centre crop S x S (for CPU runs)")
+    p.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (faces: 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=float, help="override the preset's gamma (0-255 scale)")
+    p.add_argument("--tau", help="override the preset's tau (value, comma list or START:END)")
+    p.add_argument("--iters", type=int, help="override the preset's JPMAP iterations")
+    p.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], help="override the preset's return")
+    p.add_argument("--adam-iters", type=int, default=200)
+    p.add_argument("--adam-lr", type=float, default=1e-2)
+    p.add_argument("--wiener-grad-std", type=float, default=0.1)
+    p.add_argument("--tv-c", type=float, default=0.1, help="TV weight lam = c * sigma (sigma on the [0, 1] scale)")
+    p.add_argument("--tune-tv", action="store_true", help="choose --tv-c on 2 validation crops first")
+    p.add_argument("--tune-folder", type=Path, default=SHARED / "train" / "natural-CBSD432")
+    p.add_argument("--bm3d-iters", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--figures", action="store_true")
+    p.add_argument("--fig-adam-iters", type=int, default=200, help="Adam iterations in the convergence figure")
+    p.add_argument("--fig-dir", type=Path, default=ROOT / "docs")
+    p.add_argument("--out", type=Path, help="CSV (default docs/quality_<dataset>.csv)")
+    p.add_argument("--tables", type=Path, help="markdown tables (default docs/quality_tables.md)")
+    p.add_argument("--note", default="", help="a line added under the tables (what was reduced and why)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder_d, prior_d, preset_d = DATASETS[args.dataset]
+    args.folder = args.folder or folder_d
+    args.prior = args.prior or prior_d
+    args.preset = args.preset or (preset_d if preset_d.is_file() else DATASETS["natural"][2])
+    args.resize = args.resize or (256 if args.dataset == "faces" else None)
+    args.out = args.out or ROOT / "docs" / f"quality_{args.dataset}.csv"
+    args.tables = args.tables or ROOT / "docs" / "quality_tables.md"
+    device = torch.device(args.device)
+    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
+    machine = machine_line(device)
+    print(f"# {machine}\n# {command}", flush=True)
+
+    methods = list(args.methods)
+    prior = None
+    if {"pnp-hvae", "adam"} & set(methods) or args.figures:
+        if not Path(args.prior).is_file():
+            raise SystemExit(f"prior {args.prior} not found; train one (configs/{args.dataset}.yaml) or pass --prior")
+        from hvae.export import load_prior
+        prior = load_prior(args.prior, map_location=device)
+    bm3d = load_bm3d() if "pnp-bm3d" in methods else None
+    if "pnp-bm3d" in methods and bm3d is None:
+        methods.remove("pnp-bm3d")
+    if args.tune_tv and "tv" in methods:
+        args.tv_c = tune_tv(args)
+        print(f"# TV: c = {args.tv_c:g}", flush=True)
+
+    images = load_images(Path(args.folder), args.limit, args.crop, args.resize)
+    settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises)
+    start, rows = time.perf_counter(), []
+    for setting in settings:
+        for idx, (name, full) in enumerate(images):
+            clean = centre_crop(full, None, setting.factor)[None]
+            gen = torch.Generator().manual_seed(args.seed + idx)
+            op = setting.make(*clean.shape[-2:], gen)  # masks drawn first, then the noise, from one generator
+            y = op.degrade(clean.double(), gen).float().to(device)
+            op, clean_d = op.to(device), clean.to(device)
+            for method in methods:
+                t = time.perf_counter()
+                est, iters = run_method(method, y, op, prior, args, setting.task, bm3d)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                secs = time.perf_counter() - t
+                row = dict(dataset=args.dataset, image=name, task=setting.task, setting=setting.name,
+                           kernel=setting.kernel, noise255=setting.noise255, method=method, psnr=psnr(est, clean_d),
+                           ssim=ssim(est, clean_d), seconds=secs, iterations=int(iters),
+                           height=clean.shape[-2], width=clean.shape[-1])
+                rows.append(row)
+                print(f"{setting.task:15s} {setting.name:12s} {name:10s} {method:9s} PSNR {row['psnr']:6.2f} "
+                      f"SSIM {row['ssim']:.3f} {secs:7.1f} s {iters:4d} it", flush=True)
+            write_csv(args.out, rows)  # partial results survive an interruption
+
+    written = figures(args, images, prior, device, args.fig_dir) if args.figures else []
+    elapsed = time.perf_counter() - start
+    hv = {t: hvae_settings(args, t) for t in dict.fromkeys(s.task for s in settings)}
+    crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
+    lines = [f"### Restoration quality: {args.dataset} ({Path(args.folder).name}, {len(images)} images, {crop})", "",
+             f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",
+             f"Command: `{command}`", "",
+             "Settings: pnp-hvae " + "; ".join(
+                 f"{t}: gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"
+                 for t, v in hv.items())
+             + f"; adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return; wiener grad std "
+               f"{args.wiener_grad_std:g}; tv lam = {args.tv_c:g} * sigma"
+             + (f"; pnp-bm3d HQS {args.bm3d_iters} it" if "pnp-bm3d" in methods else "")
+             + f". Seed {args.seed} + image index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines.append(tables(rows, methods))
+    if written:
+        lines += ["Figures (first image, kernel 9, noise 7.65): "
+                  + ", ".join(f"`{os.path.relpath(w, ROOT)}`" for w in written), ""]
+    text = "\n".join(lines)
+    print(text)
+    write_csv(args.out, rows)
+    args.tables.parent.mkdir(parents=True, exist_ok=True)
+    args.tables.write_text(text + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

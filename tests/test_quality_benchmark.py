@@ -1,0 +1,105 @@
+"""benchmarks/quality.py on two tiny synthetic images (no shared data): CSV and tables with finite numbers."""
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.images import write_image
+from restore.operators import gaussian_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+PRIOR = ROOT / "priors" / "natural.pt"
+
+
+def _load_quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    threads = torch.get_num_threads()  # main(--threads 1) changes it; the other tests keep theirs
+    yield _workspace(tmp_path)
+    torch.set_num_threads(threads)
+
+
+def _workspace(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = tmp_path / "images"
+    for i in range(2):  # smooth random images, 32x48
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 12, generator=g), size=(32, 48), mode="bilinear")
+        write_image(images / f"img{i}.png", x[0])
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    np.save(kernels / "9.npy", gaussian_kernel(1.0, 7).numpy().astype(np.float32))
+    return tmp_path, images, kernels
+
+
+def _read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.skipif(not PRIOR.is_file(), reason="needs the shipped prior priors/natural.pt")
+def test_quality_main_writes_csv_and_tables(workspace):
+    tmp, images, kernels = workspace
+    q = _load_quality()
+    out, tables = tmp / "q.csv", tmp / "t.md"
+    rows = q.main(["--folder", str(images), "--kernels", str(kernels), "--prior", str(PRIOR), "--tasks", "deblur",
+                   "--deblur-kernels", "9", "--deblur-noises", "7.65", "--methods", "pnp-hvae", "adam", "wiener", "tv",
+                   "--iters", "2", "--adam-iters", "2", "--device", "cpu", "--threads", "1",
+                   "--out", str(out), "--tables", str(tables)])
+    assert len(rows) == 2 * 4
+    written = _read(out)
+    assert len(written) == 8
+    assert {r["method"] for r in written} == {"pnp-hvae", "adam", "wiener", "tv"}
+    for r in written:
+        assert r["setting"] == "k9 s7.65" and r["height"] == "32" and r["width"] == "48"
+        for key in ("psnr", "ssim", "seconds"):
+            assert math.isfinite(float(r[key])), (key, r)
+        assert 5 < float(r["psnr"]) < 80 and -1 <= float(r["ssim"]) <= 1
+    assert {r["iterations"] for r in written if r["method"] in ("pnp-hvae", "adam")} == {"2"}
+    text = tables.read_text()
+    assert "| k9 s7.65 |" in text and "pnp-hvae" in text and "Command:" in text and "Machine:" in text
+    assert "nan" not in text
+
+
+def test_other_tasks_and_adam_recording(workspace, tiny_model):
+    tmp, images, kernels = workspace
+    q = _load_quality()
+    out = tmp / "o.csv"
+    q.main(["--folder", str(images), "--kernels", str(kernels), "--tasks", "sr2", "sr4", "inpaint_random",
+            "inpaint_boxes", "--methods", "wiener", "--device", "cpu", "--threads", "1",
+            "--out", str(out), "--tables", str(tmp / "o.md")])
+    written = _read(out)
+    assert [r["task"] for r in written] == ["sr2"] * 2 + ["sr4"] * 2 + ["inpaint_random"] * 2 + ["inpaint_boxes"] * 2
+    assert all(math.isfinite(float(r["psnr"])) for r in written)
+    assert {r["height"] for r in written if r["task"] == "sr4"} == {"32"}
+
+    # the Adam recorder sees x after every step; its last record is the returned x
+    from restore.baselines import AdamConfig, adam_joint
+    from restore.operators import Blur
+    op = Blur(gaussian_kernel(1.0, 7), 0.03)
+    y = op.degrade(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    seen = []
+    with q.recording_adam(lambda x: seen.append(x.clone())):
+        r = adam_joint(y, op, tiny_model, AdamConfig(max_iters=3, return_estimate="x"))
+    assert torch.optim.Adam.__name__ == "Adam" and len(seen) == 3
+    assert torch.equal(seen[-1], r.x)
+
+
+def test_pil_plot_fallback(tmp_path):
+    q = _load_quality()
+    path = tmp_path / "p.png"
+    q._pil_plot(path, {"a": ([1, 2, 3], [1.0, 0.1, 0.01]), "b": ([1, 2], [0.5, 0.2])}, "t", "x", "y", True)
+    from PIL import Image
+    assert Image.open(path).size == (600, 400)
