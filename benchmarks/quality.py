@@ -33,8 +33,9 @@ Methods (``--methods``):
   pnp-bm3d  our own half-quadratic splitting loop, so that it uses exactly the same operators:
             x_k = operator.prox_l2(z_{k-1}, y, s_k) (exact data step), z_k = BM3D(x_k, s_k) with
             ``deepinv.models.BM3D`` (package bm3d), s_k geometric from 50/255 down to max(sigma, 2.55/255) over
-            ``--bm3d-iters`` (8) iterations, z_0 = operator.init(y); returns z_K. Needs the optional extra
-            ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3); skipped with a note when not importable.
+            ``--bm3d-iters`` (8) iterations, z_0 = operator.init(y); returns z_K (schedule not tuned). Needs the
+            optional extra ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3); skipped with a note when not
+            importable.
 
 Outputs: a CSV with one row per image x task setting x method (psnr, ssim, seconds, iterations), and markdown
 tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
@@ -192,7 +193,8 @@ def parse_tau(value) -> tuple[float | tuple[float, ...], float | None]:
 def hvae_settings(args: argparse.Namespace, task: str) -> dict:
     """gamma (0-255), tau, tau_end, iterations, return for the operator of ``task``: preset, then overrides."""
     values = dict(FALLBACK_PRESET)
-    values.update(read_preset(args.preset).get(PRESET_KEY[task], {}) or {})
+    preset = getattr(args, "preset_values", None)  # read once at the start of main (the file may change meanwhile)
+    values.update((read_preset(args.preset) if preset is None else preset).get(PRESET_KEY[task], {}) or {})
     for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
                           ("return", args.return_estimate)):
         if override is not None:
@@ -221,7 +223,8 @@ def load_bm3d():
 
 @torch.no_grad()
 def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, s_start: float = 50 / 255) -> tuple[Tensor, int]:
-    """HQS: x_k = prox_l2(z_{k-1}, y, s_k) (exact), z_k = BM3D(x_k, s_k); s_k geometric, s_start -> max(sigma, 0.01)."""
+    """HQS: x_k = prox_l2(z_{k-1}, y, s_k) (exact), z_k = BM3D(x_k, s_k); s_k geometric from s_start to
+    max(sigma, 2.55/255). The schedule is not tuned."""
     s_end = max(operator.sigma, 2.55 / 255)
     sched = [s_start * (s_end / s_start) ** (k / max(1, iters - 1)) for k in range(iters)]
     z = operator.init(y)
@@ -345,7 +348,8 @@ def line_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], ti
         ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, ms=3, label=name)
     if logy:
         ax.set_yscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -499,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args.resize = args.resize or (256 if args.dataset == "faces" else None)
     args.out = args.out or ROOT / "docs" / f"quality_{args.dataset}.csv"
     args.tables = args.tables or ROOT / "docs" / "quality_tables.md"
+    args.preset_values = read_preset(args.preset)
     device = torch.device(args.device)
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_line(device)
