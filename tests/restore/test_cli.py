@@ -37,7 +37,8 @@ def _run(argv, capsys):
 def test_blur_end_to_end(tmp_path, clean_png, kernel_npy, capsys):
     out = tmp_path / "out"
     code, cap = _run(["--clean", clean_png, "--operator", "blur", "--kernel", kernel_npy, "--noise-std", "7.65",
-                      "--gamma", "20", "--tau", "0.9", "--iterations", "10", "--out", out, "--tensorboard"], capsys)
+                      "--gamma", "20", "--tau", "0.9", "--iterations", "10", "--return", "x", "--out", out,
+                      "--tensorboard"], capsys)
     assert code == 0, cap.err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["psnr"] > metrics["degraded"]["psnr"] + 0.5
