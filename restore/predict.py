@@ -152,13 +152,17 @@ class TileDataModule(L.LightningDataModule):
 
 class TiledJPMAP(L.LightningModule):
     """Batched JPMAP on tiles. ``operator`` is "denoise", "blur", "sr" or "inpaint" with its ``sigma``,
-    ``kernel`` and ``factor`` (see :func:`operator_spec`); the prior is loaded from ``prior_path``."""
+    ``kernel`` and ``factor`` (see :func:`operator_spec`); the prior is loaded from ``prior_path``.
+    ``fill`` (inpainting, one value per channel): the whole image's mean of the observed pixels, the value
+    :meth:`restore.operators.Inpainting.init` gives the missing pixels in the whole-image run (a tile's own
+    mean would start each tile elsewhere: 40 dB from the whole-image estimate instead of 59, shipped prior,
+    50% missing, 5 iterations)."""
 
     def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
-                 kernel: Tensor | None = None, factor: int = 1) -> None:
+                 kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None) -> None:
         super().__init__()
         self.prior = load_prior(prior_path)
-        self.config, self.name, self.sigma = jpmap_config, operator, sigma
+        self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
         ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma),
                "sr": lambda: SuperResolution(kernel, factor, sigma), "inpaint": lambda: None}
         if operator not in ops:
@@ -172,15 +176,22 @@ class TiledJPMAP(L.LightningModule):
         (:class:`SegmentedPrior`); without it the prior sees the windows as they are."""
         n, c, h, w = y.shape
         pc = self.prior.image_channels
+        x0 = None
+        if mask is not None and self.fill is not None and self.config.init == "auto":  # Inpainting.init, whole-image mean
+            m = mask.expand(n, c, h, w)
+            fill = torch.as_tensor(self.fill, dtype=y.dtype, device=y.device).reshape(1, c, 1, 1)
+            x0 = torch.where(m > 0.5, y / m.clamp_min(0.5), fill.expand(n, c, h, w))
         if c != pc and pc == 1:
             y = y.reshape(n * c, 1, h, w)
             mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
             segments = None if segments is None else [s for s in segments for _ in range(c)]
+            x0 = None if x0 is None else x0.reshape(n * c, 1, h, w)
         elif c != pc:
             y = y.expand(n, pc, h, w)
+            x0 = None if x0 is None else x0.expand(n, pc, h, w)
         op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
         prior = self.prior if segments is None else SegmentedPrior(self.prior, segments)
-        x = jpmap(y, op, prior, self.config).estimate
+        x = jpmap(y, op, prior, self.config, x0=x0).estimate
         if c != pc:
             x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
         return x
@@ -261,7 +272,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     channels, height, width = source.shape
     spec = operator_spec(operator)
     prior = load_prior(prior_path)
-    halo = default_halo(operator, prior.multiple) if halo is None else int(halo)
+    halo = default_halo(operator, prior.multiple, jpmap_config.gamma) if halo is None else int(halo)
     scale = int(spec.get("factor", 1))
     grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple)
     kernel = spec.get("kernel")
@@ -274,6 +285,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
         if m.shape[0] != 1 or tuple(m.shape[-2:]) != (height, width):
             raise ValueError(f"inpainting mask of shape {tuple(m.shape)} does not fit one {height}x{width} image")
         masks = [TensorSource(m[0].float())]
+        spec["fill"] = observed_mean(source, masks[0])
     out_path = Path(out_path)
     work_dir = Path(work_dir) if work_dir is not None else out_path.parent
     tiles_dir = work_dir / "tiles"
@@ -304,6 +316,20 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
         if tiles_dir.is_dir() and not any(tiles_dir.iterdir()):
             tiles_dir.rmdir()
     return out_path
+
+
+def observed_mean(source: ImageSource, mask: ImageSource, strip_bytes: int = 16 * 2**20) -> list[float]:
+    """Per-channel mean of the observed pixels (mask > 0.5) of the whole image, read in strips of rows: the
+    fill value of :meth:`restore.operators.Inpainting.init`."""
+    c, h, w = source.shape
+    total, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    step = max(1, strip_bytes // (4 * c * w))
+    for r in range(0, h, step):
+        box = Box(r, min(h, r + step), 0, w)
+        y, obs = source.read(box).double(), (mask.read(box) > 0.5).double().expand(c, -1, -1)
+        total += (y * obs).sum((-2, -1))
+        count += obs.sum((-2, -1))
+    return (total / count.clamp_min(1)).tolist()
 
 
 def is_rank_zero() -> bool:

@@ -46,8 +46,9 @@ def add_tiling_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
                         f"pixels for --operator sr); default: whole image up to {WHOLE_IMAGE_MAX_PIXELS} output "
                         f"pixels, else tiles of {DEFAULT_TILE} output pixels")
     g.add_argument("--halo", type=_positive("--halo", 0), default=None,
-                   help="context margin around each tile in observation pixels (default: from the kernel size "
-                        "and the prior's down-sampling factor, at least 16)")
+                   help="context margin around each tile in observation pixels (default: the largest of the "
+                        "kernel size, the x-step's reach for this kernel, noise and --gamma, and twice the prior's "
+                        "down-sampling factor; at least 16)")
     g.add_argument("--tiles-per-batch", type=_positive("--tiles-per-batch"), default=4,
                    help="tiles restored together in one JPMAP batch (raise on a large GPU)")
     g.add_argument("--devices", type=_devices, default=1, help="processes (GPUs or CPU processes) per node, or auto")
