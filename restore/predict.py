@@ -3,7 +3,9 @@
 * :class:`TileDataset` yields the tiles of the images (only the tiles without a result file when built by
   :class:`TileDataModule`), read box by box from :class:`restore.large_io.ImageSource` objects;
 * :class:`TiledJPMAP` (a LightningModule) runs batched :func:`restore.jpmap.jpmap` on the tiles of a batch
-  and refuses non-finite results with an error naming the image and the tile's position;
+  (each tile stopping on its own residual; the prior seeing each window through :class:`SegmentedPrior`, as
+  the whole-image run sees those pixels) and refuses non-finite results with an error naming the image and
+  the tile's position;
 * :class:`TileWriter` (a BasePredictionWriter, ``write_interval="batch"``) writes each restored tile
   atomically to ``tiles_dir/img{i}_tile{j}.npy`` and holds every rank at a barrier at the end of prediction,
   so rank 0 can assemble as soon as ``trainer.predict`` returns.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -31,10 +33,10 @@ from data.images import DEFAULT_MAX_PIXELS, atomic_write_bytes
 from hvae.export import load_prior
 
 from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
-from .jpmap import JPMAPConfig, jpmap
+from .jpmap import JPMAPConfig, initial_x, jpmap
 from .large_io import ImageSource, TensorSource, open_image
 from .operators import Blur, Denoising, Inpainting, SuperResolution
-from .tiling import BLEND_MODES, Box, Segments, TileGrid, default_halo, is_circular, pad_segment
+from .tiling import BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment
 
 
 def operator_spec(operator) -> dict:
@@ -88,7 +90,8 @@ class SegmentedPrior:
 class TileDataset(Dataset):
     """Tiles of one or many images: item = dict(image_index, tile_index, row, col, box (observation box,
     [4] = r0, r1, c0, c1), y_tile [C, h, w] float32, segments (how the z-step cuts the window, see
-    :meth:`restore.tiling.TileGrid.segments`), and mask [Cm, h, w] for inpainting).
+    :meth:`restore.tiling.TileGrid.segments`), used (the window's part that gets stitching weight, [4], output
+    pixels, window coordinates), and mask [Cm, h, w] for inpainting).
 
     ``tiles`` lists the (image index, tile index) pairs to serve, default all of them."""
 
@@ -107,7 +110,7 @@ class TileDataset(Dataset):
         t = self.grids[i].tiles[j]
         item = {"image_index": i, "tile_index": j, "row": t.row, "col": t.col,
                 "box": torch.tensor(t.obs_box), "y_tile": self.sources[i].read(t.obs_box),
-                "segments": self.grids[i].segments(t)}
+                "segments": self.grids[i].segments(t), "used": torch.tensor(self.grids[i].used_box(t))}
         if self.masks is not None:
             item["mask"] = self.masks[i].read(t.out_box)
         return item
@@ -117,6 +120,8 @@ def collate_tiles(items: list[dict]) -> dict:
     """Integers stacked into tensors, images kept as lists (tiles of different images may differ in shape)."""
     out = {k: torch.as_tensor([it[k] for it in items]) for k in ("image_index", "tile_index", "row", "col")}
     out["box"] = torch.stack([it["box"] for it in items])
+    if "used" in items[0]:
+        out["used"] = torch.stack([it["used"] for it in items])
     for k in ("y_tile", "mask", "segments"):
         if k in items[0]:
             out[k] = [it[k] for it in items]
@@ -156,10 +161,12 @@ class TiledJPMAP(L.LightningModule):
     ``fill`` (inpainting, one value per channel): the whole image's mean of the observed pixels, the value
     :meth:`restore.operators.Inpainting.init` gives the missing pixels in the whole-image run (a tile's own
     mean would start each tile elsewhere: 40 dB from the whole-image estimate instead of 59, shipped prior,
-    50% missing, 5 iterations)."""
+    50% missing, 5 iterations). ``band`` (circular operators): the observation pixels at the window edges
+    that the x-step ignores (:meth:`restore.tiling.TileGrid.edge_band`, :class:`restore.tiling.WindowOperator`)."""
 
     def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
-                 kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None) -> None:
+                 kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None,
+                 band: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))) -> None:
         super().__init__()
         self.prior = load_prior(prior_path)
         self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
@@ -168,12 +175,16 @@ class TiledJPMAP(L.LightningModule):
         if operator not in ops:
             raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
         self.operator = ops[operator]()
+        if self.operator is not None and any(v for side in band for v in side):
+            self.operator = WindowOperator(self.operator, tuple(tuple(int(v) for v in side) for side in band))
         self.tiles_done = 0  # tiles restored by this process (for tests and logs)
 
-    def _solve(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None = None) -> Tensor:
+    def _solve(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None = None,
+               used: Tensor | None = None) -> Tensor:
         """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel.
         ``segments`` (one per tile) makes the z-step see each window as the whole-image run sees those pixels
-        (:class:`SegmentedPrior`); without it the prior sees the windows as they are."""
+        (:class:`SegmentedPrior`); without it the prior sees the windows as they are. ``used`` ([n, 4] boxes):
+        the part of each window whose residual decides when the tile stops (default: all of it)."""
         n, c, h, w = y.shape
         pc = self.prior.image_channels
         x0 = None
@@ -185,20 +196,58 @@ class TiledJPMAP(L.LightningModule):
             y = y.reshape(n * c, 1, h, w)
             mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
             segments = None if segments is None else [s for s in segments for _ in range(c)]
+            used = None if used is None else used.repeat_interleave(c, 0)
             x0 = None if x0 is None else x0.reshape(n * c, 1, h, w)
         elif c != pc:
             y = y.expand(n, pc, h, w)
             x0 = None if x0 is None else x0.expand(n, pc, h, w)
-        op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
-        prior = self.prior if segments is None else SegmentedPrior(self.prior, segments)
-        x = jpmap(y, op, prior, self.config, x0=x0).estimate
+        x = self._jpmap_per_tile(y, mask, segments, x0, used, group=c if c != pc and pc == 1 else 1)
         if c != pc:
             x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
         return x
 
+    def _jpmap_per_tile(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None, x0: Tensor | None,
+                        used: Tensor | None = None, group: int = 1) -> Tensor:
+        """:func:`restore.jpmap.jpmap` on a batch, each tile stopping on its own residual: the result of a tile
+        does not depend on the tiles batched with it (jpmap alone stops a batch when *all* of its images are
+        below ``tol``, so a tile would run more iterations in a batch of harder tiles, or with another
+        ``--tiles-per-batch`` or number of processes). The iteration is memoryless (x -> prox(G(E(x)))), so
+        running it in chunks of ``check_every`` iterations from the last x is the same computation; the
+        last iteration of each chunk gives the per-tile residual, the RMS change over the ``used`` part of the
+        window (the edges of a window are solved with less context and keep moving after its core has
+        settled). ``group`` consecutive items (the channels of one tile through a grey prior) stop together,
+        as the whole image's channels do."""
+        cfg = self.config
+        op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
+        x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
+        est = x.clone()
+        used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
+        active = torch.arange(y.shape[0], device=y.device)
+        done = 0
+        while done < cfg.max_iters and len(active):
+            step = min(cfg.check_every, cfg.max_iters - done)
+            idx = active.tolist()
+            if mask is not None:
+                op = Inpainting(mask[active], self.sigma).to(y.device)
+            prior = self.prior if segments is None else SegmentedPrior(self.prior, [segments[i] for i in idx])
+            ya, xa = y[active], x[active]
+            if step > 1:
+                xa = jpmap(ya, op, prior, replace(cfg, max_iters=step - 1, tol=0.0), x0=xa).x
+            last = jpmap(ya, op, prior, replace(cfg, max_iters=1, tol=0.0), x0=xa)
+            change = (last.x - xa) ** 2
+            if used is None:
+                rms = change.flatten(1).mean(1).sqrt()
+            else:
+                boxes = [used_boxes[i] for i in idx]
+                rms = torch.stack([change[k, :, r0:r1, c0:c1].mean() for k, (r0, r1, c0, c1) in enumerate(boxes)]).sqrt()
+            x[active], est[active] = last.x.to(x.dtype), last.estimate.to(est.dtype)
+            done += step
+            active = active[(rms >= cfg.tol).reshape(-1, group).any(1).repeat_interleave(group)]
+        return est
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together."""
-        ys, masks, segments = batch["y_tile"], batch.get("mask"), batch.get("segments")
+        ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, y in enumerate(ys):
             groups[tuple(y.shape) + (tuple(masks[k].shape) if masks is not None else ())].append(k)
@@ -206,7 +255,8 @@ class TiledJPMAP(L.LightningModule):
         for idx in groups.values():
             y = torch.stack([ys[k] for k in idx]).float()
             mask = torch.stack([masks[k] for k in idx]).float() if masks is not None else None
-            x = self._solve(y, mask, None if segments is None else [segments[k] for k in idx])
+            x = self._solve(y, mask, None if segments is None else [segments[k] for k in idx],
+                            None if used is None else used[idx])
             finite = torch.isfinite(x).flatten(1).all(1).cpu()
             for n, k in enumerate(idx):
                 if not finite[n]:
@@ -296,7 +346,8 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     del prior
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
-        module = TiledJPMAP(str(prior_path), jpmap_config, **spec)
+        band = grid.edge_band(tuple(kernel.shape) if kernel is not None else None)
+        module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band)
         data = TileDataModule([source], [grid], tiles_dir, masks, tiles_per_batch, num_workers)
         trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                             logger=False, enable_checkpointing=False, enable_model_summary=False,

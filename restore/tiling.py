@@ -189,6 +189,25 @@ class TileGrid:
         src = Box(r0 - tile.out_box.r0, r1 - tile.out_box.r0, c0 - tile.out_box.c0, c1 - tile.out_box.c0)
         return dst, src, (wr[:, None] * wc[None, :]).float()
 
+    def edge_band(self, kernel_shape: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Observation pixels at each window edge ((top, bottom), (left, right)) whose kernel support leaves
+        the window: the tile's circular model wraps the window there, so they do not fit any content of the
+        tile (see :class:`WindowOperator`). None or a pointwise operator: no band; an axis with one window
+        holds the whole (periodic) axis: no band either."""
+        if kernel_shape is None:
+            return (0, 0), (0, 0)
+        s = self.scale
+
+        def axis(k: int, several: bool) -> tuple[int, int]:
+            return (-(-(k // 2) // s), -(-(k - 1 - k // 2) // s)) if several else (0, 0)
+
+        return axis(int(kernel_shape[0]), len(self.rows.starts) > 1), axis(int(kernel_shape[1]), len(self.cols.starts) > 1)
+
+    def used_box(self, tile: Tile) -> Box:
+        """The part of ``tile``'s restored window (output pixels, window coordinates) that gets stitching
+        weight in either mode: its core and the blending ramps."""
+        return self.placement(tile, "blend")[1]
+
     def describe(self) -> dict:
         return {"height": self.height, "width": self.width, "tile": self.tile, "halo": self.halo,
                 "scale": self.scale, "circular": self.circular, "multiple": self.multiple, "tiles": len(self),
@@ -332,6 +351,45 @@ def tile_operator(operator, box: Box):
     if hasattr(operator, "prox_l2"):
         return operator
     raise TypeError(f"cannot tile an operator of type {type(operator).__name__}")
+
+
+class WindowOperator(torch.nn.Module):
+    """A circular operator (Blur, SuperResolution) solving one tile: the x-step ignores the observation in
+    the ``band`` at the window's edges (:meth:`TileGrid.edge_band`), whose kernel support leaves the window.
+
+    The tile's circular model wraps the window onto itself, so these observations cannot be fitted by any
+    content of the window; fitted anyway, the x-step never settles there and the misfit walks inward a few
+    pixels every iteration (shipped prior, motion 9x9, tile 64, halo 32: stitched minus whole-image PSNR
+    -0.03 dB at 10 iterations, -0.12 at 30, -0.22 at 50, the tiles' residuals 10 to 50 times the whole
+    image's). ``prox_l2(z, y)`` therefore uses ``A(z)`` in place of ``y`` in the band: there the data term
+    pulls x towards G(z), i.e. only the prior speaks, the exact prox of the data term restricted to the
+    interior observations for one step (-0.02 dB at 10 iterations, -0.03 at 30). A wider band is worse
+    (-0.04 at 30 with 4 more pixels)."""
+
+    def __init__(self, operator, band: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        super().__init__()
+        self.operator, self.band, self.sigma = operator, band, operator.sigma
+
+    def A(self, x: Tensor) -> Tensor:
+        return self.operator.A(x)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        return self.operator.A_adjoint(y)
+
+    def init(self, y: Tensor) -> Tensor:
+        return self.operator.init(y)
+
+    def x_shape(self, y_shape: tuple) -> tuple:
+        return self.operator.x_shape(y_shape)
+
+    def prox_l2(self, z: Tensor, y: Tensor, gamma) -> Tensor:
+        (t, b), (l, r) = self.band
+        h, w = y.shape[-2:]
+        if t + b + l + r == 0:
+            return self.operator.prox_l2(z, y, gamma)
+        keep = torch.zeros(h, w, dtype=torch.bool, device=y.device)
+        keep[t:h - b, l:w - r] = True
+        return self.operator.prox_l2(z, torch.where(keep, y, self.operator.A(z).to(y.dtype)), gamma)
 
 
 def stitch(tiles: list[Tensor], grid: TileGrid, mode: str = "blend") -> Tensor:
