@@ -19,6 +19,11 @@ class HVAEConfig:
     Levels are listed bottom-up: level 0 works at full resolution, and after the blocks of level i
     the encoder down-samples by ``strides[i]``. The decoder mirrors this top-down. The top latent
     is an N(0, I) map of size H/r x W/r with r = prod(strides); no parameter depends on H, W.
+
+    The defaults of ``encoder_widths``, ``downsample``, ``upsample`` and ``activation`` give the
+    original layout of this project (priors exported before these fields existed load unchanged);
+    ``configs/patchvdvae.yaml`` sets them to reproduce the published PnP-HVAE natural-image network
+    (Efficient-VDVAE style: strided-conv pooling, 1x1-conv unpooling, SiLU, a narrower first encoder level).
     """
 
     image_channels: int = 3
@@ -35,9 +40,13 @@ class HVAEConfig:
     decoder_gamma: float = 0.05  # initial (learned) or fixed decoder std, in [0, 1] image units
     min_decoder_gamma: float = 1e-3  # floor of the learned decoder std
     prior_log_std_min: float = -7.0  # clamp of predicted log std (numerical safety)
+    encoder_widths: tuple[int, ...] = ()  # residual width of each encoder level; () = the same as ``widths``
+    downsample: str = "avg_pool"  # "avg_pool" or "conv" (strided conv, kernel = stride, to the next encoder width)
+    upsample: str = "nearest"  # "nearest" (then 1x1 conv if the width changes) or "conv_nearest" (1x1 conv, then up)
+    activation: str = "gelu"  # non-linearity inside residual blocks: "gelu" or "silu"
 
     def __post_init__(self) -> None:
-        for name in ("widths", "strides", "encoder_blocks", "latent_groups", "kernel_sizes"):
+        for name in ("widths", "strides", "encoder_blocks", "latent_groups", "kernel_sizes", "encoder_widths"):
             value = getattr(self, name)
             if isinstance(value, list):  # YAML / JSON gives lists: store tuples so the config stays hashable
                 object.__setattr__(self, name, tuple(value))
@@ -66,11 +75,26 @@ class HVAEConfig:
             raise ConfigError("decoder_gamma and min_decoder_gamma must be > 0")
         if self.latent_channels < 1 or self.stem_channels < 1 or self.skip_channels < 0:
             raise ConfigError("latent_channels and stem_channels must be >= 1, skip_channels >= 0")
+        if self.encoder_widths and (len(self.encoder_widths) != n or any(
+                not isinstance(w, int) or isinstance(w, bool) or w <= 0 for w in self.encoder_widths)):
+            raise ConfigError(f"encoder_widths must be empty or list one positive integer per level ({n} levels), "
+                              f"got {self.encoder_widths!r}")
+        if self.downsample not in ("avg_pool", "conv"):
+            raise ConfigError(f"downsample must be 'avg_pool' or 'conv', got {self.downsample!r}")
+        if self.upsample not in ("nearest", "conv_nearest"):
+            raise ConfigError(f"upsample must be 'nearest' or 'conv_nearest', got {self.upsample!r}")
+        if self.activation not in ("gelu", "silu"):
+            raise ConfigError(f"activation must be 'gelu' or 'silu', got {self.activation!r}")
 
     @property
     def multiple(self) -> int:
         """Total down-sampling factor r: image sides must be multiples of it."""
         return math.prod(self.strides)
+
+    @property
+    def encoder_level_widths(self) -> tuple[int, ...]:
+        """Residual width of each encoder level (``encoder_widths``, or ``widths`` when that is empty)."""
+        return self.encoder_widths or self.widths
 
     @property
     def num_groups(self) -> int:

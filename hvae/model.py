@@ -53,12 +53,12 @@ class TopDown:
 
 class EncoderLevel(nn.Module):
     def __init__(self, in_ch: int, width: int, blocks: int, kernel: int, skip: int, block_scale: float,
-                 ratio: float) -> None:
+                 ratio: float, activation: str = "gelu") -> None:
         super().__init__()
         self.proj = conv(in_ch, width, 1) if in_ch != width else nn.Identity()
         mid = max(1, int(width * ratio))
-        self.blocks = nn.Sequential(*[Block(width, mid, width, kernel, residual=True, last_scale=block_scale)
-                                      for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[Block(width, mid, width, kernel, residual=True, last_scale=block_scale,
+                                            activation=activation) for _ in range(blocks)])
         self.skip = conv(width, skip, 1) if skip else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,14 +70,15 @@ class DecoderGroup(nn.Module):
     """One latent group: prior p(z|state), posterior q(z|state, activation), then state update."""
 
     def __init__(self, width: int, act_ch: int, zc: int, kernel: int, ratio: float, block_scale: float,
-                 standard_prior: bool, min_log_std: float) -> None:
+                 standard_prior: bool, min_log_std: float, activation: str = "gelu") -> None:
         super().__init__()
         mid = max(1, int(width * ratio))
         self.zc, self.standard_prior, self.min_log_std = zc, standard_prior, min_log_std
-        self.posterior_net = Block(width + act_ch, mid, 2 * zc, kernel)
-        self.prior_net = None if standard_prior else Block(width, mid, 2 * zc + width, kernel, zero_last=True)
+        self.posterior_net = Block(width + act_ch, mid, 2 * zc, kernel, activation=activation)
+        self.prior_net = None if standard_prior else Block(width, mid, 2 * zc + width, kernel, zero_last=True,
+                                                           activation=activation)
         self.z_proj = conv(zc, width, 1, scale=block_scale)
-        self.resnet = Block(width, mid, width, kernel, residual=True, last_scale=block_scale)
+        self.resnet = Block(width, mid, width, kernel, residual=True, last_scale=block_scale, activation=activation)
 
     def _gaussian(self, h: Tensor) -> DiagonalGaussian:
         mean, log_std = h.float().chunk(2, dim=1)  # fp32 statistics even under bf16 autocast
@@ -116,23 +117,34 @@ class HierarchicalVAE(nn.Module):
         n_enc = max(1, sum(c.encoder_blocks))
         n_dec = c.num_groups
         self.stem = conv(c.image_channels, c.stem_channels, 3)
-        levels, in_ch = [], c.stem_channels
-        for w, b, k in zip(c.widths, c.encoder_blocks, c.kernel_sizes):
-            levels.append(EncoderLevel(in_ch, w, b, k, c.skip_channels, math.sqrt(1 / n_enc), c.bottleneck_ratio))
+        enc_widths = c.encoder_level_widths
+        levels, pools, in_ch = [], [], c.stem_channels
+        for i, (w, b, k, s) in enumerate(zip(enc_widths, c.encoder_blocks, c.kernel_sizes, c.strides)):
+            levels.append(EncoderLevel(in_ch, w, b, k, c.skip_channels, math.sqrt(1 / n_enc), c.bottleneck_ratio,
+                                       c.activation))
             in_ch = w
+            if s > 1 and c.downsample == "conv":  # strided conv that also moves to the next level's width
+                in_ch = enc_widths[i + 1]
+                pool = nn.Conv2d(w, in_ch, s, stride=s)
+                nn.init.zeros_(pool.bias)
+                pools.append(pool)
+            else:
+                pools.append(nn.AvgPool2d(s) if s > 1 else nn.Identity())
         self.encoder = nn.ModuleList(levels)
+        self.downsamplers = nn.ModuleList(pools)
         groups, self.group_level = [], []
         for level in reversed(range(len(c.widths))):
-            w, act_ch = c.widths[level], c.skip_channels or c.widths[level]
+            w, act_ch = c.widths[level], c.skip_channels or enc_widths[level]
             for _ in range(c.latent_groups[level]):
                 groups.append(DecoderGroup(w, act_ch, c.latent_channels, c.kernel_sizes[level], c.bottleneck_ratio,
                                            math.sqrt(1 / n_dec), standard_prior=not groups,
-                                           min_log_std=c.prior_log_std_min))
+                                           min_log_std=c.prior_log_std_min, activation=c.activation))
                 self.group_level.append(level)
         self.groups = nn.ModuleList(groups)
-        # between levels (top-down): nearest up-sampling by strides[level], then 1x1 width change
+        # between levels (top-down), see _up: a 1x1 width change (always with upsample="conv_nearest")
+        always = c.upsample == "conv_nearest"
         self.level_proj = nn.ModuleList(
-            [conv(c.widths[i + 1], c.widths[i], 1) if c.widths[i + 1] != c.widths[i] else nn.Identity()
+            [conv(c.widths[i + 1], c.widths[i], 1) if always or c.widths[i + 1] != c.widths[i] else nn.Identity()
              for i in range(len(c.widths) - 1)])
         self.out = conv(c.widths[0], c.image_channels, 1)
         gamma0 = math.log(2 * c.decoder_gamma)  # model range is twice the image range
@@ -170,12 +182,24 @@ class HierarchicalVAE(nn.Module):
         self._check(*x.shape[-2:])
         h = self.stem(to_model_range(x))
         acts = []
-        for level, stride in zip(self.encoder, self.config.strides):
+        for level, down in zip(self.encoder, self.downsamplers):
             h, act = level(h)
             acts.append(act)
-            if stride > 1:
-                h = F.avg_pool2d(h, stride)
+            h = down(h)
         return acts
+
+    def _up(self, state: Tensor, level: int) -> Tensor:
+        """Decoder state from level + 1 to ``level``: up-sampling by strides[level] and the 1x1 width change.
+
+        upsample="nearest": nearest-neighbour first, then the 1x1 conv; "conv_nearest": the 1x1 conv at
+        the coarse resolution, then nearest-neighbour (the same map, computed on fewer pixels).
+        """
+        stride, proj = self.config.strides[level], self.level_proj[level]
+        if self.config.upsample == "conv_nearest":
+            state = proj(state)
+        if stride > 1:
+            state = F.interpolate(state, scale_factor=stride, mode="nearest")
+        return state if self.config.upsample == "conv_nearest" else proj(state)
 
     def top_down(self, rule: LatentRule, batch: int, height: int, width: int,
                  activations: Sequence[Tensor] | None = None, keep_priors: bool = False) -> TopDown:
@@ -190,9 +214,7 @@ class HierarchicalVAE(nn.Module):
         for index, group in enumerate(self.groups):
             while self.group_level[index] != level:  # move down one level
                 level -= 1
-                state = F.interpolate(state, scale_factor=c.strides[level], mode="nearest") \
-                    if c.strides[level] > 1 else state
-                state = self.level_proj[level](state)
+                state = self._up(state, level)
             act = activations[level] if activations is not None else None
             state, z, posterior, prior = group(state, act, rule, index)
             latents.append(z)
@@ -202,9 +224,7 @@ class HierarchicalVAE(nn.Module):
                 priors.append(prior)
         while level > 0:  # levels below the last latent group (when a level has no group)
             level -= 1
-            state = F.interpolate(state, scale_factor=c.strides[level], mode="nearest") \
-                if c.strides[level] > 1 else state
-            state = self.level_proj[level](state)
+            state = self._up(state, level)
         return TopDown(self.out(state), latents, kls, priors)
 
     # ----------------------------------------------------------------------------- public API
