@@ -1,0 +1,105 @@
+"""JPMAP's fast path: bf16 autocast, channels_last, torch.compile of the network pass, checks every few iterations."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hvae.export import load_prior
+from hvae.model import HierarchicalVAE
+from restore import jpmap as jpmap_module
+from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step
+from restore.operators import Blur, Denoising, gaussian_kernel
+
+SHIPPED = Path(__file__).resolve().parents[2] / "priors" / "natural.pt"
+
+
+def _psnr(x, clean):
+    return float(-10 * torch.log10(((x.clamp(0, 1) - clean) ** 2).mean()))
+
+
+def _smooth_image(size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 8, 8, generator=g)
+    return torch.nn.functional.interpolate(base, size=(size, size), mode="bicubic").clamp(0, 1)
+
+
+@pytest.fixture
+def busy_tiny_model(tiny_config):
+    """The tiny model with every weight perturbed, so that G(E(x)) really depends on x (zero-initialised
+    last layers make a fresh model's output nearly constant)."""
+    torch.manual_seed(0)
+    model = HierarchicalVAE(tiny_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def test_bf16_channels_last_matches_fp32_on_tiny_model(busy_tiny_model):
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    step32 = make_decoder_step(busy_tiny_model, [0.8] * 4, JPMAPConfig())
+    decoded = step32(y)
+    assert float(decoded.std()) > 0.05  # the network's output depends on its input: the comparison means something
+    r32 = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=4, tol=0.0))
+    r16 = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16", channels_last=True))
+    assert r16.x.dtype == torch.float32 and r16.x.shape == y.shape
+    err = float((r16.decoded - r32.decoded).abs().max())
+    assert 0 < err < 0.05  # bf16 changes the network's arithmetic, a little
+    assert float((r16.x - r32.x).abs().max()) < err  # the exact x-step (fp32) shrinks the difference
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped prior priors/natural.pt")
+def test_bf16_psnr_within_005_db_of_fp32_with_shipped_prior():
+    prior = load_prior(SHIPPED)
+    clean = _smooth_image(64)
+    op = Blur(gaussian_kernel(1.5), 0.03)
+    y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
+    cfg = JPMAPConfig(gamma=20 / 255, tau=0.9, max_iters=5, tol=0.0)
+    r32 = jpmap(y, op, prior, cfg)
+    r16 = jpmap(y, op, prior, JPMAPConfig(**{**cfg.__dict__, "precision": "bf16", "channels_last": True}))
+    assert _psnr(r32.x, clean) > _psnr(y, clean)
+    assert abs(_psnr(r16.x, clean) - _psnr(r32.x, clean)) < 0.05
+
+
+def test_convergence_is_checked_every_check_every_iterations(busy_tiny_model):
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    # a huge tolerance: converged after the first iteration, but only seen at the first check
+    result = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=20, tol=1.0, check_every=3))
+    assert result.converged and result.iterations == 3
+    assert len(result.history.residual) == 3 and all(isinstance(r, float) for r in result.history.residual)
+    never = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=7, tol=0.0, check_every=3))
+    assert not never.converged and never.iterations == 7 and len(never.history.residual) == 7
+
+
+def test_compiled_pass_matches_eager_with_dynamo_capture_on_cpu(busy_tiny_model, monkeypatch):
+    """torch.compile's capture of the z-step (no graph break, outputs copied out) with the 'eager' backend:
+    inductor's code generation takes over a minute on 2 CPU cores, so it is tested on CUDA only (below)."""
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    monkeypatch.setitem(jpmap_module._COMPILED, "default",
+                        torch.compile(jpmap_module._decoded_pass, backend="eager", dynamic=False, fullgraph=True))
+    ref = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0))
+    out = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0, compile=True))
+    torch.testing.assert_close(out.x, ref.x)
+    torch.testing.assert_close(out.decoded, ref.decoded)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compilation is tested on CUDA only (too slow on CPU)")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_bf16_pass_on_cuda(busy_tiny_model, mode):
+    model = busy_tiny_model.cuda()
+    y = _smooth_image(64).cuda()
+    op = Denoising(0.05)
+    ref = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16"))
+    out = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16", channels_last=True,
+                                          compile=True, compile_mode=mode))
+    assert out.x.device.type == "cuda"
+    assert float((out.x - ref.x).abs().max()) < 0.02
+
+
+def test_bad_compile_mode_is_refused():
+    with pytest.raises(ValueError, match="compile_mode"):
+        JPMAPConfig(compile_mode="fast")
