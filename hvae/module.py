@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,15 +58,38 @@ class OptimConfig:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Throughput settings of training; none changes what is computed beyond floating-point rounding.
+
+    The defaults are safe everywhere (CPU included); on a tensor-core GPU use channels_last and compile
+    (with ``trainer.precision: bf16-mixed``). The optimiser uses torch's fused kernel where one exists for it
+    and the parameters are on CUDA (AdamW), otherwise its multi-tensor (foreach) kernel (Adamax).
+    """
+
+    channels_last: bool = False  # weights and batches in NHWC memory layout
+    compile: bool = False  # torch.compile the model's ELBO (forward; backward through AOTAutograd)
+    compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead", "max-autotune"
+    fused_optimizer: bool = True  # fused optimiser kernel where available (CUDA, AdamW)
+
+    def __post_init__(self) -> None:
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ConfigError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
+
+
 class HVAEModule(L.LightningModule):
     """Trains :class:`HierarchicalVAE` on the negative ELBO; validates, samples and exports the EMA weights."""
 
     def __init__(self, arch: HVAEConfig = HVAEConfig(), optim: OptimConfig = OptimConfig(),
-                 num_images: int = 8, sample_taus: tuple[float, ...] = (1.0, 0.8, 0.6), seed: int = 0) -> None:
+                 num_images: int = 8, sample_taus: tuple[float, ...] = (1.0, 0.8, 0.6), seed: int = 0,
+                 speed: SpeedConfig = SpeedConfig()) -> None:
         super().__init__()
         self.arch, self.optim, self.num_images, self.sample_taus, self.seed = arch, optim, num_images, sample_taus, seed
+        self.speed = speed
         self.model = HierarchicalVAE(arch)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self._train_elbo = None  # the compiled ELBO, built at the first training step (speed.compile)
         self.automatic_optimization = False
         self.skipped_total = 0
         self.consecutive_skips = 0
@@ -77,7 +101,10 @@ class HVAEModule(L.LightningModule):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         cls = torch.optim.Adamax if o.optimizer == "adamax" else torch.optim.AdamW
-        opt = cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, foreach=True)
+        fused = (self.speed.fused_optimizer and "fused" in inspect.signature(cls).parameters
+                 and all(p.device.type == "cuda" for p in params))
+        kernel = {"fused": True} if fused else {"foreach": True}
+        opt = cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kernel)
 
         def factor(step: int) -> float:  # a plain function: rebuilt from the config on resume
             return o.lr_factor(step)
@@ -85,16 +112,32 @@ class HVAEModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        if self.speed.channels_last:  # in place, before the optimiser is built: it keeps the same parameters
+            self.model.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+
+    def _elbo(self, x: Tensor):
+        if self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.speed.compile:
+            return self.model.elbo(x)
+        if self._train_elbo is None:
+            mode = None if self.speed.compile_mode == "default" else self.speed.compile_mode
+            self._train_elbo = torch.compile(self.model.elbo, mode=mode)
+        return self._train_elbo(x)
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         opt, sched = self.optimizers(), self.lr_schedulers()
-        out = self.model.elbo(x)
+        out = self._elbo(x)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.loss)
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # norm before clipping
-        norm = float(grad_norm)  # identical on every rank: gradients are already all-reduced
+        # the step's one host synchronisation (the skip decision); identical on every rank: gradients are all-reduced
+        norm = float(grad_norm)
         finite = math.isfinite(norm)
         too_large = self.optim.skip_threshold > 0 and norm > self.optim.skip_threshold
         skip = not finite or (too_large and self.consecutive_skips < self.optim.max_consecutive_skips)
@@ -121,7 +164,7 @@ class HVAEModule(L.LightningModule):
         self.log("train/bpd", out.bits_per_dim.mean(), prog_bar=True, batch_size=bs, logger=False)
         self.log_dict({"train/grad_norm": norm if finite else -1.0, "train/skipped_total": float(self.skipped_total),
                        "train/skipped": float(skip), "train/lr": sched.get_last_lr()[0],
-                       "train/decoder_gamma": float(self.model.decoder_gamma().detach().mean())}, batch_size=bs)
+                       "train/decoder_gamma": self.model.decoder_gamma().detach().mean()}, batch_size=bs)
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             kl = out.kl_per_group.mean(0)
             self.log_dict({f"kl/group_{i:02d}": v for i, v in enumerate(kl)}, batch_size=bs)
@@ -129,10 +172,8 @@ class HVAEModule(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        decay = self.optim.ema_decay
-        ema_p = [p for p in self.ema.parameters()]
-        own_p = [p.detach() for p in self.model.parameters()]
-        torch._foreach_lerp_(ema_p, own_p, 1.0 - decay)
+        """ema <- ema + (1 - decay) (model - ema), all parameters in one multi-tensor kernel."""
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - self.optim.ema_decay)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
