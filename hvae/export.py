@@ -57,16 +57,27 @@ def _read(path: Path) -> dict[str, Any]:
         raise PriorError(f"prior file {path} not found; pass --prior with an export (prior.pt) or a .ckpt from train.py")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        raise PriorError(f"refusing to load {path}: it is not a plain-weights checkpoint ({first[:160]}); "
-                         "use a file written by train.py") from None
-    except Exception as err:  # noqa: BLE001 - any other failure means the file is not a checkpoint
-        raise PriorError(f"{path} is not a readable checkpoint ({type(err).__name__}); "
-                         "use a prior.pt or .ckpt written by train.py") from None
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a (safe) checkpoint
+        raise unreadable_checkpoint(path, err) from None
     if not isinstance(payload, dict):
         raise PriorError(f"{path} is not a prior checkpoint (it holds a {type(payload).__name__})")
     return payload
+
+
+def unreadable_checkpoint(path: str | os.PathLike, err: Exception) -> PriorError:
+    """One-line error for a file ``torch.load(..., weights_only=True)`` refused: code in a pickle, or not a checkpoint."""
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        return PriorError(f"refusing to load {path}: it is not a plain-weights checkpoint ({_unsafe_reason(err)}); "
+                          "use a file written by train.py")
+    return PriorError(f"{path} is not a readable checkpoint ({type(err).__name__}); "
+                      "use a prior.pt or .ckpt written by train.py")
+
+
+def _unsafe_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that names what the pickle asked for (e.g. GLOBAL posix.system)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line]
+    return (named or lines)[0][:160]
 
 
 def _state_and_config(payload: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from .config import ConfigError, HVAEConfig
-from .export import export_prior
+from .export import atomic_torch_save, export_prior, unreadable_checkpoint
 from .model import HierarchicalVAE
 
 
@@ -252,3 +254,38 @@ class ExportPrior(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self._write(trainer, module)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with local files written crash-safely and files read as plain weights.
+
+    Lightning stages a checkpoint in the system temporary folder and then moves it: when that folder is on
+    another file system than the checkpoint (local /tmp, network run folder), the move is a copy straight
+    into the destination, so a kill during it leaves a truncated ``last.ckpt``; nothing is fsynced either.
+    Here local checkpoints go to a temporary file in the destination folder, are fsynced, then renamed
+    (:func:`hvae.export.atomic_torch_save`); remote URLs keep Lightning's own transaction.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        """Plain weights only unless asked otherwise (``--weights_only false``): a stranger's file cannot run code."""
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        try:
+            return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - code in a pickle, or not a checkpoint: one line, no traceback
+            raise unreadable_checkpoint(path, err) from None
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Swap the trainer's default checkpoint writer for :class:`AtomicCheckpointIO` (a custom one is kept)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

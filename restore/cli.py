@@ -30,14 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
 DEFAULT_PRESET = ROOT / "configs" / "restore" / "natural.yaml"
 FALLBACK = {"gamma": 10.0, "tau": "0.8", "iterations": 50, "return": "x"}
+SSIM_WINDOW = 11  # side of torchmetrics' default Gaussian SSIM window: smaller images get no SSIM
 
 
 class UsageError(ValueError):
     """A command-line value is wrong; one line saying what to change."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error:`` line (exit code 2) instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="restore.py", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="restore.py", description=__doc__.splitlines()[0])
     src = p.add_argument_group("images")
     src.add_argument("--input", type=Path, help="degraded observation y (its operator is described by the flags)")
     src.add_argument("--clean", type=Path, help="clean image: degraded synthetically with --seed, or the "
@@ -160,12 +168,14 @@ def from_prior_channels(x: Tensor, channels: int) -> Tensor:
     return x.mean(1, keepdim=True)
 
 
-def metrics_of(estimate: Tensor, clean: Tensor) -> dict[str, float]:
+def metrics_of(estimate: Tensor, clean: Tensor) -> dict[str, float | None]:
+    """PSNR and SSIM of [1, C, H, W] images; SSIM is None for images smaller than its window."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
     est = estimate.clamp(0, 1).double()
     ref = clean.double()
-    return {"psnr": float(peak_signal_noise_ratio(est, ref, data_range=1.0)),
-            "ssim": float(structural_similarity_index_measure(est, ref, data_range=1.0))}
+    ssim = (float(structural_similarity_index_measure(est, ref, data_range=1.0))
+            if min(ref.shape[-2:]) >= SSIM_WINDOW else None)
+    return {"psnr": float(peak_signal_noise_ratio(est, ref, data_range=1.0)), "ssim": ssim}
 
 
 # ---------------------------------------------------------------------------------------------- main job
@@ -265,6 +275,8 @@ def run(args: argparse.Namespace) -> dict:
     channels = (clean if clean is not None else y).shape[0]
     if clean is not None and args.operator == "sr" and y is None:
         h, w = clean.shape[-2:]
+        if min(h, w) < args.scale:
+            raise UsageError(f"--clean image {h}x{w} is smaller than --scale {args.scale}; give a larger image")
         if h % args.scale or w % args.scale:  # crop the clean image so that it can be decimated
             clean = clean[:, : h - h % args.scale, : w - w % args.scale]
     hw = tuple(clean.shape[-2:]) if clean is not None else (

@@ -15,7 +15,7 @@ TINY = HVAEConfig(image_channels=3, stem_channels=8, widths=(8, 8, 8), strides=(
                   latent_groups=(1, 2, 1), kernel_sizes=(3, 3, 3), latent_channels=3)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # frozen: safe to share
 def tiny_config() -> HVAEConfig:
     return TINY
 
