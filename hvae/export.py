@@ -109,6 +109,10 @@ def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise PriorError(f"{path} does not match its architecture ({len(missing)} missing, {len(unexpected)} "
                          f"unexpected or mis-shaped tensors, e.g. {(missing + unexpected)[:2]}); "
                          "the file is damaged or from another model")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise PriorError(f"{path} holds non-finite weights ({len(non_finite)} tensors, e.g. {non_finite[:2]}); "
+                         "its training diverged: export an earlier checkpoint")
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device=map_location, dtype=dtype).eval().requires_grad_(False)
 

@@ -77,6 +77,8 @@ REFUSALS = [
     Refusal("zero_noise", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "0"), "--noise-std"),
     Refusal("prior_of_another_architecture", ("--clean", "@clean.png", "--operator", "denoise",
                                               "--prior", "@other_architecture.pt"), "architecture"),
+    Refusal("prior_with_nan_weights", ("--clean", "@clean.png", "--operator", "denoise", "--prior", "@nan_prior.pt"),
+            "non-finite weights"),
     Refusal("prior_not_a_checkpoint", ("--clean", "@clean.png", "--operator", "denoise", "--prior", "@notes.pt"),
             "not a readable checkpoint"),
     Refusal("prior_that_runs_code", ("--clean", "@clean.png", "--operator", "denoise", "--prior", "@evil.pt"),
@@ -159,6 +161,10 @@ def _priors(d: Path, config: HVAEConfig) -> None:
     payload = torch.load(export_prior(HierarchicalVAE(wider), d / "wider.pt"), weights_only=True)
     payload["config"] = config.to_dict()  # weights of one architecture under the config of another
     torch.save(payload, d / "other_architecture.pt")
+    diverged = HierarchicalVAE(config)
+    with torch.no_grad():
+        next(p for name, p in diverged.named_parameters() if name.startswith("stem")).fill_(float("nan"))
+    export_prior(diverged, d / "nan_prior.pt")
     (d / "notes.pt").write_text("these are not weights\n")
     torch.save({"format": "pnp-hvae-prior", "payload": _RunsCode(d / MARKER)}, d / "evil.pt")
 
