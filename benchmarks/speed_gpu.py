@@ -1,0 +1,285 @@
+"""JPMAP and training speed of the like-for-like preset (configs/patchvdvae.yaml, random weights).
+
+    python benchmarks/speed_gpu.py                                   # on a GPU: the issue-7 table
+    python benchmarks/speed_gpu.py --device cpu --sizes 128x128 --iters 2 --threads 1   # the same table on CPU
+    python benchmarks/speed_gpu.py --variants bf16-cl-compile --sizes 1024x1024 --json out/speed.json
+
+JPMAP rows: milliseconds per iteration (z-step = encoder + tempered top-down pass + G(z), then the exact
+FFT x-step of a Gaussian deblurring problem), after warm-up iterations (which include any compilation),
+timed over ``--iters`` iterations with no host synchronisation inside (tol 0, one check at the end) and
+torch.cuda.synchronize around; peak memory (torch.cuda.max_memory_allocated); FLOPs per iteration counted
+by FlopCounterMode on the meta device (2 per multiply-add; the x-step's FFTs are not counted), the achieved
+TFLOP/s and its fraction of the bf16 dense peak (``--peak-tflops``; 989 for H100/H200 SXM by default).
+Training rows: images/s at batch 16 of 128x128 (CPU default: batch 1 of 64x64), "core" = ELBO forward,
+backward and Adamax step; "full" adds the gradient norm (with its host synchronisation) and the EMA update.
+A row that runs out of memory says OOM instead of stopping the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from hvae.config import HVAEConfig  # noqa: E402
+from hvae.cost import parameter_count, training_step_flops, zstep_flops  # noqa: E402
+from hvae.model import HierarchicalVAE  # noqa: E402
+from hvae.module import HVAEModule, OptimConfig, SpeedConfig  # noqa: E402
+from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
+from restore.operators import Blur, gaussian_kernel  # noqa: E402
+
+DEFAULT_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak, SXM parts
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the network: precision, memory layout, compilation."""
+
+    name: str
+    bf16: bool
+    channels_last: bool
+    compile_mode: str | None  # None: eager
+
+    def jpmap_config(self, iters: int) -> JPMAPConfig:
+        return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
+                           precision="bf16" if self.bf16 else "fp32", channels_last=self.channels_last,
+                           compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default")
+
+
+VARIANTS = {v.name: v for v in [
+    Variant("fp32", False, False, None),
+    Variant("bf16", True, False, None),
+    Variant("bf16-cl", True, True, None),
+    Variant("bf16-cl-compile", True, True, "default"),
+    Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
+    Variant("bf16-cl-autotune", True, True, "max-autotune"),
+]}
+GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]
+GPU_TRAIN = ["fp32", "bf16-cl", "bf16-cl-compile"]
+# On CPU only fp32 by default: bf16 autocast convolutions were 50-160x slower than fp32 on the 2-core
+# development machine (no native bf16 kernels), and inductor takes minutes there; ask with --variants.
+CPU_DEFAULT = ["fp32"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+# (header, row key, format) of the printed tables; a missing value prints "-", a failed row its error
+JPMAP_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ms/iter", "ms_per_iter", ",.1f"),
+                 ("warm-up s", "warmup_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
+                 ("GFLOP/iter", "gflop_per_iter", ",.0f"), ("TFLOP/s", "tflops", ".3g"),
+                 ("% of bf16 peak", "peak_pct", ".1f")]
+TRAIN_COLUMNS = [("training batch", "size", "s"), ("variant", "variant", "s"), ("core ms/step", "core_ms", ",.1f"),
+                 ("core images/s", "core_images_per_s", ".1f"), ("full ms/step", "full_ms", ",.1f"),
+                 ("full images/s", "full_images_per_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
+                 ("GFLOP/step", "gflop_per_step", ",.0f"), ("TFLOP/s (core)", "tflops", ".3g"),
+                 ("% of bf16 peak", "peak_pct", ".1f")]
+
+
+def _header(columns: list[tuple[str, str, str]]) -> None:
+    print("\n| " + " | ".join(c[0] for c in columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
+def _print_row(row: dict, columns: list[tuple[str, str, str]]) -> None:
+    cells = []
+    for i, (_, key, fmt) in enumerate(columns):
+        value = row.get(key)
+        if value is None:
+            cells.append(row["error"] if "error" in row and i == 2 else "-")
+        else:
+            cells.append(format(value, fmt) if fmt != "s" else str(value))
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters: int, warmup: int,
+              device: torch.device, peak_tflops: float | None) -> dict:
+    """Times JPMAP iterations of ``variant`` on one random 3 x height x width observation."""
+    row = {"kind": "jpmap", "size": f"{height}x{width}", "variant": variant.name}
+    flops = zstep_flops(arch, height + (-height) % arch.multiple, width + (-width) % arch.multiple)
+    row["gflop_per_iter"] = flops / 1e9
+    prior = None
+    try:
+        torch.manual_seed(0)
+        prior = HierarchicalVAE(arch).to(device).eval()
+        op = Blur(gaussian_kernel(1.6), 7.65 / 255).to(device)
+        y = torch.rand(1, arch.image_channels, height, width, device=device)
+        _reset_peak(device)
+        start = time.perf_counter()
+        jpmap(y, op, prior, variant.jpmap_config(warmup))  # warm-up, compilation included
+        _sync(device)
+        row["warmup_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result = jpmap(y, op, prior, variant.jpmap_config(iters))
+        _sync(device)
+        seconds = (time.perf_counter() - start) / iters
+        if result.iterations != iters:
+            raise RuntimeError(f"ran {result.iterations} iterations instead of {iters}")
+        row.update(ms_per_iter=seconds * 1e3, peak_gib=_peak_gib(device), tflops=flops / seconds / 1e12)
+        row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
+    except Exception as err:  # noqa: BLE001 - one failing row (OOM, a compiler error) must not end the table
+        row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    finally:
+        del prior
+        _reset_peak(device)
+    return row
+
+
+def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: int, warmup: int,
+              device: torch.device, peak_tflops: float | None) -> dict:
+    """Images/s of the core training step (forward, backward, Adamax) and of the full one (+ norm, EMA)."""
+    row = {"kind": "train", "size": f"{batch}x{size}x{size}", "variant": variant.name}
+    flops = training_step_flops(arch, size, size, batch)
+    row["gflop_per_step"] = flops / 1e9
+    module = None
+    try:
+        torch.manual_seed(0)
+        speed = SpeedConfig(channels_last=variant.channels_last, compile=variant.compile_mode is not None,
+                            compile_mode=variant.compile_mode or "default")
+        module = HVAEModule(arch, OptimConfig(optimizer="adamax"), speed=speed).to(device)
+        module.setup("fit")
+        opt = module.configure_optimizers()["optimizer"]
+        x = torch.rand(batch, arch.image_channels, size, size, device=device)
+
+        def core() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
+                loss = module._elbo(x).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def full() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
+                loss = module._elbo(x).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(module.model.parameters(), float("inf"), foreach=True)
+            if math.isfinite(float(norm)):  # the skip decision's host synchronisation, as in training
+                opt.step()
+                module.update_ema()
+
+        _reset_peak(device)
+        start = time.perf_counter()
+        for _ in range(warmup):
+            core()
+        _sync(device)
+        row["warmup_s"] = time.perf_counter() - start
+        for name, fn in (("core", core), ("full", full)):
+            fn()
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(device)
+            seconds = (time.perf_counter() - start) / steps
+            row[f"{name}_ms"] = seconds * 1e3
+            row[f"{name}_images_per_s"] = batch / seconds
+        row["peak_gib"] = _peak_gib(device)
+        row["tflops"] = flops / (row["core_ms"] / 1e3) / 1e12
+        row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
+    except Exception as err:  # noqa: BLE001
+        row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    finally:
+        del module
+        _reset_peak(device)
+    return row
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "patchvdvae.yaml"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", nargs="+", default=["320x448", "512x512", "1024x1024", "2048x2048"])
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="JPMAP variants (default by device)")
+    p.add_argument("--train-variants", nargs="+", choices=sorted(VARIANTS), help="training variants")
+    p.add_argument("--iters", type=int, default=10, help="timed JPMAP iterations (and training steps)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations/steps (default 3 GPU, 1 CPU)")
+    p.add_argument("--train-batch", type=int, default=None, help="default 16 (GPU), 1 (CPU)")
+    p.add_argument("--train-size", type=int, default=None, help="default 128 (GPU), 64 (CPU)")
+    p.add_argument("--no-train", action="store_true", help="JPMAP rows only")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="dense bf16 peak of the device (default 989 for H100/H200, none otherwise)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--json", default=None, help="also write the rows and settings to this JSON file")
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("recompile_limit", "cache_size_limit"):  # one compilation per size and variant
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    arch = HVAEConfig.from_dict(yaml.safe_load(Path(args.config).read_text())["model"]["arch"])
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    peak = args.peak_tflops
+    if peak is None and gpu:
+        peak = next((v for k, v in DEFAULT_PEAK_TFLOPS.items() if k in name), None)
+    warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    variants = args.variants or (GPU_JPMAP if gpu else CPU_DEFAULT)
+    train_variants = args.train_variants or (GPU_TRAIN if gpu else CPU_DEFAULT)
+    batch = args.train_batch or (16 if gpu else 1)
+    tsize = args.train_size or (128 if gpu else 64)
+    n_params = parameter_count(HierarchicalVAE(arch))
+    mflop_px = zstep_flops(arch, 64, 64) / 4096 / 1e6
+
+    print(f"# {name}; torch {torch.__version__}; {Path(args.config).name}: {n_params / 1e6:.2f} M parameters, "
+          f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}; "
+          f"bf16 peak {_fmt(peak, 0)} TFLOP/s; {warmup} warm-up + {args.iters} timed iterations")
+    rows = []
+    _header(JPMAP_COLUMNS)
+    for size in args.sizes:
+        h, w = _size(size)
+        for v in variants:
+            rows.append(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak))
+            _print_row(rows[-1], JPMAP_COLUMNS)
+    if not args.no_train:
+        _header(TRAIN_COLUMNS)
+        for v in train_variants:
+            rows.append(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak))
+            _print_row(rows[-1], TRAIN_COLUMNS)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
+                "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup}
+        out.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+        print(f"\n# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
