@@ -360,6 +360,8 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
         tiff = out_path.suffix.lower() in (".tif", ".tiff")
         bit_depth = source.bit_depth if tiff or source.bit_depth == 16 else 8
     assemble(grid, tiles_dir, out_path, channels, 0, blend, work_dir, bit_depth)
+    for stale in tiles_dir.glob(".img*_tile*.tmp.npy"):  # left by a process killed while writing a tile
+        stale.unlink(missing_ok=True)
     if not keep_tiles:
         for t in grid.tiles:
             tile_path(tiles_dir, 0, t.index).unlink(missing_ok=True)

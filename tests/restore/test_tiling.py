@@ -331,3 +331,47 @@ def test_cli_flags():
     assert kw["tile"] == 256 and kw["tiles_per_batch"] == 8 and kw["strategy"] == "ddp" and kw["halo"] is None
     with pytest.raises(SystemExit):
         p.parse_args(["--tile", "0"])
+
+
+def test_restore_py_two_processes_killed_and_resumed(prior_path, clean, tmp_path):
+    """The issue's command, end to end: ``restore.py --input BIG.tif --tile T --devices 2 --accelerator cpu``
+    is killed (SIGKILL) once some tiles are written, rerun with the same command, and gives the same bytes as an
+    uninterrupted single-process run. The tile files of the first run are reused, not recomputed."""
+    import signal
+    import time
+
+    import tifffile
+
+    op = _operator("blur")
+    y = op.degrade(clean, generator=_gen(4)).clamp(0, 1)
+    tifffile.imwrite(tmp_path / "BIG.tif", np.round(y[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+                     photometric="rgb")
+    np.save(tmp_path / "k.npy", op.kernel.numpy())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: str, devices: int) -> list[str]:
+        return [sys.executable, str(ROOT / "restore.py"), "--input", str(tmp_path / "BIG.tif"), "--operator", "blur",
+                "--kernel", str(tmp_path / "k.npy"), "--noise-std", "5", "--prior", str(prior_path), "--gamma", "10",
+                "--tau", "0.8", "--iterations", "8", "--tol", "0", "--tile", "16", "--halo", "16",
+                "--tiles-per-batch", "1", "--devices", str(devices), "--accelerator", "cpu", "--no-progress",
+                "--out", str(tmp_path / out)]
+
+    one = subprocess.run(cmd("one", 1), env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    tiles = tmp_path / "two" / "tiles"
+    run = subprocess.Popen(cmd("two", 2), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(tiles.glob("img*_tile*.npy"))) < 3 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and the second rank it started
+    run.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in tiles.glob("img*_tile*.npy")}
+    total = len(TileGrid(H, W, 16, 16, 1, True, load_prior(prior_path).multiple))
+    assert 3 <= len(done) < total, f"{len(done)} of {total} tiles written when killed: the test needs a slower run"
+    assert not (tmp_path / "two" / "restored.png").exists()
+    again = subprocess.run(cmd("two", 2) + ["--keep-tiles"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "two" / "restored.png").read_bytes() == (tmp_path / "one" / "restored.png").read_bytes()
+    assert {name: (tiles / name).stat().st_mtime_ns for name in done} == done  # reused, not recomputed
+    assert len(list(tiles.glob("img*_tile*.npy"))) == total and not list(tiles.glob(".*.tmp.npy"))
