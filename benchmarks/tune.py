@@ -24,14 +24,14 @@ from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gau
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def task_operator(task: str, size: int, kernels: Path):
+def task_operator(task: str, size: int, kernels: Path, blur_noise: float = 7.65, sr_factor: int = 2):
     g = torch.Generator().manual_seed(0)
     if task == "blur":
-        return Blur(load_kernel(kernels / "9.npy"), sigma_from_255(7.65))
+        return Blur(load_kernel(kernels / "9.npy"), sigma_from_255(blur_noise))
     if task == "denoise":
         return Denoising(sigma_from_255(25))
     if task == "sr":
-        return SuperResolution(gaussian_kernel(1.0), 2, sigma_from_255(3))
+        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma_from_255(3))
     return Inpainting(random_mask(size, size, 0.5, generator=g), sigma_from_255(3))
 
 
@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--gammas", type=float, nargs="+", default=[5, 10, 20, 40])
     p.add_argument("--taus", type=float, nargs="+", default=[0.6, 0.8, 0.9, 1.0])
     p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--blur-noise", type=float, default=7.65, help="blur task noise, 0-255 scale (faces: 8)")
+    p.add_argument("--sr-factor", type=int, default=2, help="sr task factor (faces: 4)")
     args = p.parse_args()
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
     s = args.size
@@ -59,10 +61,10 @@ def main() -> None:
         top, left = (x.shape[1] - s) // 2, (x.shape[2] - s) // 2
         crops.append(x[:, top: top + s, left: left + s])
     clean = torch.stack(crops)
-    op = task_operator(args.task, s, Path(args.kernels))
+    op = task_operator(args.task, s, Path(args.kernels), args.blur_noise, args.sr_factor)
     y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
     prior = load_prior(args.prior)
-    print(f"# task {args.task}, {len(crops)} validation crops of {s}x{s}, {args.iters} iterations")
+    print(f"# task {args.task} ({op.__class__.__name__}), prior {args.prior}, {len(crops)} validation crops of {s}x{s}, {args.iters} iterations")
     print("| gamma/255 | tau | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|")
     for gamma, tau in itertools.product(args.gammas, args.taus):

@@ -151,8 +151,10 @@ class TileDataModule(L.LightningDataModule):
         self.dataset = TileDataset(self.sources, self.grids, self.masks, todo)
 
     def predict_dataloader(self) -> DataLoader:
+        # pinned host tiles: Lightning copies batches to a GPU with non_blocking=True, overlapping the transfer
+        cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(self.dataset, batch_size=self.tiles_per_batch, shuffle=False, collate_fn=collate_tiles,
-                          num_workers=self.num_workers, persistent_workers=False)
+                          num_workers=self.num_workers, persistent_workers=False, pin_memory=cuda)
 
 
 class TiledJPMAP(L.LightningModule):
