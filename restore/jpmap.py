@@ -117,22 +117,21 @@ def _autocast(x: Tensor, precision: str):
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def z_step(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32") -> tuple[list[Tensor], Tensor]:
-    """z = E_tau(x) and G(z), on the reflection-padded image, cropped back; G in the dtype of x."""
+def z_step(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32",
+           channels_last: bool = False) -> tuple[list[Tensor], Tensor]:
+    """z = E_tau(x) and G(z), on the reflection-padded image (NHWC with ``channels_last``), cropped back;
+    G in the dtype of x."""
     padded, size = pad_to_multiple(x, prior.multiple)
+    if channels_last:
+        padded = padded.contiguous(memory_format=torch.channels_last)
     with _autocast(x, precision):
         latents, decoded = prior.encode_decode(padded, taus)
     return latents, crop(decoded, size).to(x.dtype)
 
 
-def _decoded_pass(prior: Prior, x: Tensor, taus: list[float], bf16: bool, channels_last: bool) -> Tensor:
-    """G(E_tau(x)) cropped back to x's size, in x's dtype (the latents are not kept)."""
-    padded, size = pad_to_multiple(x, prior.multiple)
-    if channels_last:
-        padded = padded.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        _, decoded = prior.encode_decode(padded, taus)
-    return crop(decoded, size).to(x.dtype)
+def _decoded_pass(prior: Prior, x: Tensor, taus: list[float], precision: str, channels_last: bool) -> Tensor:
+    """G(E_tau(x)) only (the latents are dropped, so a compiled graph does not keep them)."""
+    return z_step(prior, x, taus, precision, channels_last)[1]
 
 
 _COMPILED: dict[str, Callable[..., Tensor]] = {}  # one torch.compile wrapper per mode, so its cache is reused
@@ -152,16 +151,15 @@ def make_decoder_step(prior: Prior, taus: list[float], config: JPMAPConfig) -> C
     the pass is compiled by torch.compile (``config.compile_mode``), its output copied out of the compiled
     graph's memory (CUDA graphs reuse it from one call to the next).
     """
-    bf16 = config.precision == "bf16"
     if config.channels_last and isinstance(prior, torch.nn.Module):
         prior.to(memory_format=torch.channels_last)
     if not config.compile:
-        return lambda x: _decoded_pass(prior, x, taus, bf16, config.channels_last)
+        return lambda x: _decoded_pass(prior, x, taus, config.precision, config.channels_last)
     run = _compiled(config.compile_mode)
 
     def step(x: Tensor) -> Tensor:
         torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs are no longer needed
-        return run(prior, x, taus, bf16, config.channels_last).clone(memory_format=torch.contiguous_format)
+        return run(prior, x, taus, config.precision, config.channels_last).clone(memory_format=torch.contiguous_format)
 
     return step
 

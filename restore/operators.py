@@ -357,13 +357,15 @@ class Inpainting(LinearOperator):
         rho = _rho(self.sigma, gamma, z)
         return (m * y + rho * z) / (m * m + rho)
 
-    def init(self, y: Tensor) -> Tensor:
-        """y with missing pixels (mask <= 0.5) filled by the per-image, per-channel mean of the observed pixels."""
+    def init(self, y: Tensor, fill: Tensor | None = None) -> Tensor:
+        """y with missing pixels (mask <= 0.5) filled by ``fill`` (broadcast to y, e.g. [1, C, 1, 1]: a tile
+        takes its whole image's value), default the per-image, per-channel mean of the observed pixels."""
         m = self._m(y).expand_as(y)
         obs = m > 0.5
-        w = obs.to(y.dtype)
-        mean = (y * w).sum((-2, -1), keepdim=True) / w.sum((-2, -1), keepdim=True).clamp_min(1)
-        return torch.where(obs, y / m.clamp_min(0.5), mean.expand_as(y))
+        if fill is None:
+            w = obs.to(y.dtype)
+            fill = (y * w).sum((-2, -1), keepdim=True) / w.sum((-2, -1), keepdim=True).clamp_min(1)
+        return torch.where(obs, y / m.clamp_min(0.5), fill.to(y).expand_as(y))
 
     def lambda_min(self) -> float:
         return float(self.mask.min()) ** 2

@@ -191,9 +191,8 @@ class TiledJPMAP(L.LightningModule):
         pc = self.prior.image_channels
         x0 = None
         if mask is not None and self.fill is not None and self.config.init == "auto":  # Inpainting.init, whole-image mean
-            m = mask.expand(n, c, h, w)
             fill = torch.as_tensor(self.fill, dtype=y.dtype, device=y.device).reshape(1, c, 1, 1)
-            x0 = torch.where(m > 0.5, y / m.clamp_min(0.5), fill.expand(n, c, h, w))
+            x0 = Inpainting(mask, self.sigma).init(y, fill)
         if c != pc and pc == 1:
             y = y.reshape(n * c, 1, h, w)
             mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
