@@ -71,6 +71,7 @@ from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
+from restore.presets import parse_tau, preset_for, read_presets  # noqa: E402
 from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
                                random_mask, sigma_from_255)
 
@@ -82,7 +83,6 @@ DATASETS = {  # name -> (default folder, default prior, default preset)
 TASKS = ("deblur", "sr2", "sr4", "inpaint_random", "inpaint_boxes")
 METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d")
 PRESET_KEY = {"deblur": "blur", "sr2": "sr", "sr4": "sr", "inpaint_random": "inpaint", "inpaint_boxes": "inpaint"}
-FALLBACK_PRESET = {"gamma": 20.0, "tau": 0.9, "iterations": 30, "return": "decoded"}
 FIELDS = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
           "iterations", "height", "width")
 
@@ -172,29 +172,12 @@ def ssim(estimate: Tensor, clean: Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------- methods
-def read_preset(path: Path | None) -> dict:
-    if path is None or not Path(path).is_file():
-        return {}
-    import yaml
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return data if isinstance(data, dict) else {}
-
-
-def parse_tau(value) -> tuple[float | tuple[float, ...], float | None]:
-    """'0.9', '0.9,0.8,...' (one per group) or 'START:END' (linear from the top group to the bottom one)."""
-    text = str(value)
-    if ":" in text:
-        start, end = (float(v) for v in text.split(":"))
-        return start, end
-    values = tuple(float(v) for v in text.split(","))
-    return (values[0] if len(values) == 1 else values), None
-
-
-def hvae_settings(args: argparse.Namespace, task: str) -> dict:
-    """gamma (0-255), tau, tau_end, iterations, return for the operator of ``task``: preset, then overrides."""
-    values = dict(FALLBACK_PRESET)
+def hvae_settings(args: argparse.Namespace, task: str, noise255: float) -> dict:
+    """gamma (0-255), tau, tau_end, iterations, return for ``task`` at ``noise255``: preset, then overrides."""
     preset = getattr(args, "preset_values", None)  # read once at the start of main (the file may change meanwhile)
-    values.update((read_preset(args.preset) if preset is None else preset).get(PRESET_KEY[task], {}) or {})
+    if preset is None:
+        preset = read_presets(args.preset) if args.preset and Path(args.preset).is_file() else {}
+    values = preset_for(preset, PRESET_KEY[task], noise255)
     for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
                           ("return", args.return_estimate)):
         if override is not None:
@@ -234,9 +217,10 @@ def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, s_start: float = 50 
     return z, iters
 
 
-def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, task: str, bm3d) -> tuple[Tensor, int]:
+def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, setting: Setting,
+               bm3d) -> tuple[Tensor, int]:
     if method in ("pnp-hvae", "adam"):
-        hv = hvae_settings(args, task)
+        hv = hvae_settings(args, setting.task, setting.noise255)
         common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
         if method == "pnp-hvae":
             r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), **common))
@@ -398,7 +382,7 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
     op = setting.make(*clean.shape[-2:], gen)
     y = op.degrade(clean[None].double(), gen).float().to(device)
     op, clean = op.to(device), clean[None].to(device)
-    hv = hvae_settings(args, "deblur")
+    hv = hvae_settings(args, "deblur", setting.noise255)
     common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
     jp_psnr: list[float] = []
     r_jp = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), tol=0.0, **common),
@@ -504,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args.resize = args.resize or (256 if args.dataset == "faces" else None)
     args.out = args.out or ROOT / "docs" / f"quality_{args.dataset}.csv"
     args.tables = args.tables or ROOT / "docs" / "quality_tables.md"
-    args.preset_values = read_preset(args.preset)
+    args.preset_values = read_presets(args.preset)
     device = torch.device(args.device)
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_line(device)
@@ -536,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             op, clean_d = op.to(device), clean.to(device)
             for method in methods:
                 t = time.perf_counter()
-                est, iters = run_method(method, y, op, prior, args, setting.task, bm3d)
+                est, iters = run_method(method, y, op, prior, args, setting, bm3d)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 secs = time.perf_counter() - t
@@ -551,14 +535,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     written = figures(args, images, prior, device, args.fig_dir) if args.figures else []
     elapsed = time.perf_counter() - start
-    hv = {t: hvae_settings(args, t) for t in dict.fromkeys(s.task for s in settings)}
+    hv_text: dict[str, list[str]] = defaultdict(list)  # one entry per distinct setting, naming where it applied
+    for s in settings:
+        v = hvae_settings(args, s.task, s.noise255)
+        hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
+            f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
     lines = [f"### Restoration quality: {args.dataset} ({Path(args.folder).name}, {len(images)} images, {crop})", "",
              f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",
              f"Command: `{command}`", "",
-             "Settings: pnp-hvae " + "; ".join(
-                 f"{t}: gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"
-                 for t, v in hv.items())
+             "Settings: pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items())
              + f"; adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return; wiener grad std "
                f"{args.wiener_grad_std:g}; tv lam = {args.tv_c:g} * sigma"
              + (f"; pnp-bm3d HQS {args.bm3d_iters} it" if "pnp-bm3d" in methods else "")

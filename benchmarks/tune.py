@@ -1,7 +1,9 @@
-"""Grid search of gamma and tau per task on the VALIDATION split of the training folder (never the test sets).
+"""Grid search of gamma, tau (value or START:END schedule) and iterations per task and noise level on the
+VALIDATION split of the training folder (never the test sets).
 
-python benchmarks/tune.py --task blur --crops 3 --size 128
-Prints PSNR (mean over crops) of x_K and G(z_K) for each (gamma, tau); the best goes to configs/restore/.
+python benchmarks/tune.py --task blur --noise 2.55 --kernel-ids 4 9 --crops 3 --size 128 --taus 0.9 1.0:0.8
+Prints PSNR (mean over crops and kernels) of x_K and G(z_K) for each (gamma, tau, iterations); the best goes
+to configs/restore/ as the entry of that operator and noise (see restore/presets.py).
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from hvae.export import load_prior  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
+from restore.presets import parse_tau  # noqa: E402
 from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
                                random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def task_operator(task: str, size: int, kernels: Path, blur_noise: float = 7.65, sr_factor: int = 2):
+DEFAULT_NOISE = {"blur": 7.65, "denoise": 25.0, "sr": 3.0, "inpaint": 3.0}  # 0-255 scale
+
+
+def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2):
     g = torch.Generator().manual_seed(0)
+    sigma = sigma_from_255(noise255)
     if task == "blur":
-        return Blur(load_kernel(kernels / "9.npy"), sigma_from_255(blur_noise))
+        return Blur(load_kernel(kernel), sigma)
     if task == "denoise":
-        return Denoising(sigma_from_255(25))
+        return Denoising(sigma)
     if task == "sr":
-        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma_from_255(3))
-    return Inpainting(random_mask(size, size, 0.5, generator=g), sigma_from_255(3))
+        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma)
+    return Inpainting(random_mask(size, size, 0.5, generator=g), sigma)
 
 
 def psnr(x, ref):
@@ -48,9 +55,12 @@ def main() -> None:
     p.add_argument("--crops", type=int, default=3)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--gammas", type=float, nargs="+", default=[5, 10, 20, 40])
-    p.add_argument("--taus", type=float, nargs="+", default=[0.6, 0.8, 0.9, 1.0])
-    p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--blur-noise", type=float, default=7.65, help="blur task noise, 0-255 scale (faces: 8)")
+    p.add_argument("--taus", nargs="+", default=["0.6", "0.8", "0.9", "1.0"],
+                   help="each a value, a comma list (one per group) or START:END (linear top->bottom)")
+    p.add_argument("--iters", type=int, nargs="+", default=[30])
+    p.add_argument("--noise", type=float, help="noise std, 0-255 scale (default: blur 7.65, denoise 25, sr and "
+                                                "inpaint 3; faces blur: 8)")
+    p.add_argument("--kernel-ids", nargs="+", default=["9"], help="blur kernels (files KERNELS/<id>.npy)")
     p.add_argument("--sr-factor", type=int, default=2, help="sr task factor (faces: 4)")
     args = p.parse_args()
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
@@ -61,15 +71,25 @@ def main() -> None:
         top, left = (x.shape[1] - s) // 2, (x.shape[2] - s) // 2
         crops.append(x[:, top: top + s, left: left + s])
     clean = torch.stack(crops)
-    op = task_operator(args.task, s, Path(args.kernels), args.blur_noise, args.sr_factor)
-    y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
+    noise = args.noise if args.noise is not None else DEFAULT_NOISE[args.task]
+    kernels = [Path(args.kernels) / f"{k}.npy" for k in (args.kernel_ids if args.task == "blur" else ["-"])]
+    problems = []  # (operator, y) per kernel
+    for kernel in kernels:
+        op = task_operator(args.task, s, kernel, noise, args.sr_factor)
+        problems.append((op, op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()))
     prior = load_prior(args.prior)
-    print(f"# task {args.task} ({op.__class__.__name__}), prior {args.prior}, {len(crops)} validation crops of {s}x{s}, {args.iters} iterations")
-    print("| gamma/255 | tau | PSNR x_K | PSNR G(z_K) |")
-    print("|---|---|---|---|")
-    for gamma, tau in itertools.product(args.gammas, args.taus):
-        r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, max_iters=args.iters))
-        print(f"| {gamma:g} | {tau:g} | {psnr(r.x, clean):.2f} | {psnr(r.decoded, clean):.2f} |", flush=True)
+    where = f", kernels {' '.join(args.kernel_ids)}" if args.task == "blur" else ""
+    print(f"# task {args.task}, noise {noise:g}/255{where}, prior {args.prior}, {len(crops)} validation crops of "
+          f"{s}x{s}")
+    print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
+    print("|---|---|---|---|---|")
+    for gamma, tau_text, iters in itertools.product(args.gammas, args.taus, args.iters):
+        tau, tau_end = parse_tau(tau_text)
+        px = pd = 0.0
+        for op, y in problems:
+            r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters))
+            px, pd = px + psnr(r.x, clean) / len(problems), pd + psnr(r.decoded, clean) / len(problems)
+        print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from hvae.export import PriorError, load_prior
 
 from .baselines import AdamConfig, adam_joint, tikhonov
 from .jpmap import JPMAPConfig, jpmap
+from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
 from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
                         load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255)
@@ -29,7 +30,6 @@ from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolut
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
 DEFAULT_PRESET = ROOT / "configs" / "restore" / "natural.yaml"
-FALLBACK = {"gamma": 10.0, "tau": "0.8", "iterations": 50, "return": "x"}
 SSIM_WINDOW = 11  # side of torchmetrics' default Gaussian SSIM window: smaller images get no SSIM
 
 
@@ -87,17 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def parse_tau(text: str) -> tuple[float | tuple[float, ...], float | None]:
-    try:
-        if ":" in text:
-            start, end = (float(v) for v in text.split(":"))
-            return start, end
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--tau {text!r} is not a number, a comma list or START:END") from None
-    return (values[0] if len(values) == 1 else values), None
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,21 +170,15 @@ def metrics_of(estimate: Tensor, clean: Tensor) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------------- main job
 def apply_preset(args: argparse.Namespace) -> None:
     """Fills --gamma, --tau, --iterations, --return not given on the command line from the preset's
-    section for the operator (then from built-in fallbacks)."""
-    values = dict(FALLBACK)
-    if args.preset is not None:
-        import yaml
-        try:
-            preset = yaml.safe_load(Path(args.preset).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UsageError(f"cannot read --preset {args.preset}: {type(err).__name__}") from None
-        section = preset.get(args.operator, {}) if isinstance(preset, dict) else None
-        if not isinstance(section, dict) or set(section) - set(FALLBACK):
-            raise UsageError(f"--preset {args.preset}: section {args.operator!r} must map some of {sorted(FALLBACK)}")
-        values.update(section)
+    setting for the operator at --noise-std (then from built-in fallbacks)."""
+    try:
+        values = preset_for(read_presets(args.preset) if args.preset is not None else {}, args.operator,
+                            args.noise_std if math.isfinite(args.noise_std) and args.noise_std > 0 else 1.0)
+    except PresetError as err:
+        raise UsageError(f"--preset: {err}") from None
     for key, dest in (("gamma", "gamma"), ("tau", "tau"), ("iterations", "iterations"), ("return", "return_estimate")):
         if getattr(args, dest) is None:
-            setattr(args, dest, str(values[key]) if key == "tau" else values[key])
+            setattr(args, dest, values[key])
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -213,7 +196,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _solver_config(args: argparse.Namespace):
-    tau, tau_end = parse_tau(args.tau)
+    try:
+        tau, tau_end = parse_tau(args.tau)
+    except PresetError as err:
+        raise UsageError(f"--{err}") from None
     gamma = args.gamma / 255.0
     if args.method == "jpmap":
         return JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, max_iters=args.iterations, tol=args.tol,

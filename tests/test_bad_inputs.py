@@ -83,6 +83,14 @@ REFUSALS = [
             "not a readable checkpoint"),
     Refusal("prior_that_runs_code", ("--clean", "@clean.png", "--operator", "denoise", "--prior", "@evil.pt"),
             "refusing to load"),
+    Refusal("preset_list_without_noise", ("--clean", "@clean.png", "--operator", "denoise",
+                                          "--preset", "@preset_untagged_list.yaml"), "needs 'noise'"),
+    Refusal("preset_bad_tau", ("--clean", "@clean.png", "--operator", "denoise", "--preset", "@preset_bad_tau.yaml"),
+            "tau 'warm'"),
+    Refusal("preset_unknown_operator", ("--clean", "@clean.png", "--operator", "denoise",
+                                        "--preset", "@preset_unknown_operator.yaml"), "must map some of"),
+    Refusal("tau_not_a_number", ("--clean", "@clean.png", "--operator", "denoise", "--tau", "0.9:x"),
+            "--tau '0.9:x'"),
 ]
 
 HANDLED = [
@@ -151,6 +159,9 @@ def _kernels(d: Path) -> None:
     np.save(d / "negative.npy", -np.ones((3, 3), np.float32))
     np.save(d / "zero.npy", np.array([[1.0, -2.0, 1.0]], np.float32))
     np.save(d / "k7.npy", np.ones((7, 7), np.float32))
+    (d / "preset_untagged_list.yaml").write_text("denoise:\n  - {gamma: 10}\n")
+    (d / "preset_bad_tau.yaml").write_text("denoise: {tau: warm}\n")
+    (d / "preset_unknown_operator.yaml").write_text("deblur: {gamma: 10}\n")
 
 
 def _priors(d: Path, config: HVAEConfig) -> None:
