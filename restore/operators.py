@@ -110,6 +110,17 @@ def gaussian_kernel(sigma_px: float, size: int | None = None) -> Tensor:
     return k / k.sum()
 
 
+def _gaussian_blur_zero(x: Tensor, std: float) -> Tensor:
+    """[N, C, H, W] blurred by a separable Gaussian of ``std`` px (3 std radius), zero outside the image."""
+    radius = math.ceil(3 * std)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    g = torch.exp(-t * t / (2 * std * std))
+    g = g / g.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+
 def _splat(points: Tensor, size: int) -> Tensor:
     """Accumulate points (n, 2) = (row, col) into a size x size grid with bilinear weights."""
     k = torch.zeros(size * size, dtype=torch.float64)
@@ -358,14 +369,24 @@ class Inpainting(LinearOperator):
         return (m * y + rho * z) / (m * m + rho)
 
     def init(self, y: Tensor, fill: Tensor | None = None) -> Tensor:
-        """y with missing pixels (mask <= 0.5) filled by ``fill`` (broadcast to y, e.g. [1, C, 1, 1]: a tile
-        takes its whole image's value), default the per-image, per-channel mean of the observed pixels."""
+        """y at the observed pixels (mask > 0.5, divided by the mask); each missing pixel the Gaussian-weighted
+        mean of the observed ones around it (normalised convolution) at the finest std of 1, 2, 4, 8, 16 px
+        whose observed share of the weight inside the image is at least 0.2; a pixel with no observed one
+        within reach of the coarsest takes ``fill`` (broadcast to y, e.g. [1, C, 1, 1]: a tile takes its
+        whole image's value), default the per-image, per-channel mean of the observed pixels."""
         m = self._m(y).expand_as(y)
         obs = m > 0.5
+        w = obs.to(y.dtype)
         if fill is None:
-            w = obs.to(y.dtype)
             fill = (y * w).sum((-2, -1), keepdim=True) / w.sum((-2, -1), keepdim=True).clamp_min(1)
-        return torch.where(obs, y / m.clamp_min(0.5), fill.to(y).expand_as(y))
+        observed = torch.where(obs, y / m.clamp_min(0.5), torch.zeros_like(y))
+        estimate = fill.to(y).expand_as(y)
+        inside = torch.ones_like(w[:1, :1])
+        for std in (16.0, 8.0, 4.0, 2.0, 1.0):  # coarse to fine: a finer scale overrides where it has support
+            num, den = _gaussian_blur_zero(observed, std), _gaussian_blur_zero(w, std)
+            support = den / _gaussian_blur_zero(inside, std)  # observed share of the kernel's mass in the image
+            estimate = torch.where(support > (0.2 if std < 16 else 1e-6), num / den.clamp_min(1e-12), estimate)
+        return torch.where(obs, observed, estimate)
 
     def lambda_min(self) -> float:
         return float(self.mask.min()) ** 2

@@ -151,8 +151,30 @@ def test_init_shapes_and_inpainting_fill():
     x0 = op.init(y)
     obs = mask.bool().expand_as(x)
     assert torch.equal(x0[obs], x[obs])
-    mean = (y * mask).sum((-2, -1)) / mask.sum()
-    assert torch.allclose(x0[:, :, 3, 4], mean)
+    assert x0.min() >= x.min() and x0.max() <= x.max()  # a weighted mean of observed pixels
+    flat = torch.full((1, 3, 8, 10), 0.3)
+    assert torch.allclose(op.init(op.A(flat)), flat)  # a constant image is filled exactly
+
+
+def test_inpainting_init_interpolates_locally_and_falls_back_far_from_observations():
+    # a smooth ramp with half of its pixels missing: the interpolation is close, the mean fill is not
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 48, 64).contiguous()
+    op = Inpainting(random_mask(48, 64, 0.5, generator=_gen(1)), 0.01)
+    x0 = op.init(op.A(ramp))
+    assert (x0 - ramp).abs().max() < 0.05
+    missing = (op.mask < 0.5).expand_as(ramp)
+    assert (x0 - ramp)[missing].abs().mean() < 0.1 * (ramp[missing] - 0.5).abs().mean()
+    # pixels farther than the coarsest scale's reach (3 x 16 px) from every observation take ``fill``
+    wide = Inpainting(box_mask(8, 120, [(0, 0, 8, 100)]), 0.01)
+    x = torch.rand(1, 3, 8, 120, generator=_gen(2))
+    y = wide.A(x)
+    fill = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    far = wide.init(y, fill)
+    assert torch.allclose(far[..., :40], fill.expand(1, 3, 8, 40))
+    observed_mean = x[..., 100:].mean((-2, -1)).view(1, 3, 1, 1)
+    assert torch.allclose(wide.init(y)[..., :40], observed_mean.expand(1, 3, 8, 40), atol=1e-6)
+    near = far[..., 90:100]  # near the observed columns: their local mean, not the fill
+    assert (near - fill).abs().min() > 0 and near.min() >= x[..., 100:].min()
 
 
 def test_lambda_min_and_registry():
