@@ -71,7 +71,7 @@ from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
-from restore.presets import parse_tau, preset_for, read_presets  # noqa: E402
+from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
                                random_mask, sigma_from_255)
 
@@ -488,7 +488,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args.resize = args.resize or (256 if args.dataset == "faces" else None)
     args.out = args.out or ROOT / "docs" / f"quality_{args.dataset}.csv"
     args.tables = args.tables or ROOT / "docs" / "quality_tables.md"
-    args.preset_values = read_presets(args.preset)
+    try:
+        args.preset_values = read_presets(args.preset)
+    except PresetError as err:
+        raise SystemExit(f"error: --preset: {err}") from None
     device = torch.device(args.device)
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     machine = machine_line(device)
