@@ -174,10 +174,7 @@ def ssim(estimate: Tensor, clean: Tensor) -> float:
 # ------------------------------------------------------------------------------------------- methods
 def hvae_settings(args: argparse.Namespace, task: str, noise255: float) -> dict:
     """gamma (0-255), tau, tau_end, iterations, return for ``task`` at ``noise255``: preset, then overrides."""
-    preset = getattr(args, "preset_values", None)  # read once at the start of main (the file may change meanwhile)
-    if preset is None:
-        preset = read_presets(args.preset) if args.preset and Path(args.preset).is_file() else {}
-    values = preset_for(preset, PRESET_KEY[task], noise255)
+    values = preset_for(args.preset_values, PRESET_KEY[task], noise255)  # read once at the start of main
     for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
                           ("return", args.return_estimate)):
         if override is not None:

@@ -173,7 +173,7 @@ def apply_preset(args: argparse.Namespace) -> None:
     setting for the operator at --noise-std (then from built-in fallbacks)."""
     try:
         values = preset_for(read_presets(args.preset) if args.preset is not None else {}, args.operator,
-                            args.noise_std if math.isfinite(args.noise_std) and args.noise_std > 0 else 1.0)
+                            args.noise_std)
     except PresetError as err:
         raise UsageError(f"--preset: {err}") from None
     for key, dest in (("gamma", "gamma"), ("tau", "tau"), ("iterations", "iterations"), ("return", "return_estimate")):
@@ -182,11 +182,11 @@ def apply_preset(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    apply_preset(args)
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
     if not math.isfinite(args.noise_std) or args.noise_std <= 0:
         raise UsageError(f"--noise-std must be > 0 on the 0-255 scale, got {args.noise_std}")
+    apply_preset(args)  # its setting depends on the (now valid) noise level
     if not args.gamma > 0:
         raise UsageError(f"--gamma must be > 0 on the 0-255 scale, got {args.gamma}")
     if args.iterations < 1:

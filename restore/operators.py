@@ -112,11 +112,8 @@ def gaussian_kernel(sigma_px: float, size: int | None = None) -> Tensor:
 
 def _gaussian_blur_zero(x: Tensor, std: float) -> Tensor:
     """[N, C, H, W] blurred by a separable Gaussian of ``std`` px (3 std radius), zero outside the image."""
-    radius = math.ceil(3 * std)
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    g = torch.exp(-t * t / (2 * std * std))
-    g = g / g.sum()
-    c = x.shape[1]
+    g = gaussian_kernel(std).sum(0).to(x)  # the 2D kernel's marginal: the normalised 1D Gaussian
+    radius, c = g.numel() // 2, x.shape[1]
     x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
     return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 

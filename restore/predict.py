@@ -190,7 +190,7 @@ class TiledJPMAP(L.LightningModule):
         n, c, h, w = y.shape
         pc = self.prior.image_channels
         x0 = None
-        if mask is not None and self.fill is not None and self.config.init == "auto":  # Inpainting.init, whole-image mean
+        if mask is not None and self.fill is not None and self.config.init == "auto":  # Inpainting.init, far fill: image mean
             fill = torch.as_tensor(self.fill, dtype=y.dtype, device=y.device).reshape(1, c, 1, 1)
             x0 = Inpainting(mask, self.sigma).init(y, fill)
         if c != pc and pc == 1:
