@@ -39,7 +39,9 @@ Methods (``--methods``):
 
 Outputs: a CSV with one row per image x task setting x method (psnr, ssim, seconds, iterations), and markdown
 tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
-exact command. ``--figures``: on the first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of
+exact command. ``--merge CSV ...`` adds the rows of other methods from earlier runs on the same degraded images
+(same folder, ``--limit``, ``--crop``, tasks and ``--seed``; checked by image, setting and size before the run)
+to this run's CSV and tables, so that a slow method can run apart or on another machine. ``--figures``: on the first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of
 x_k per iteration for JPMAP and Adam, and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir``
 (matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
 ``torch.optim.Adam`` for the duration of one call so that each step reports x (no change to baselines.py; the
@@ -282,6 +284,40 @@ def tables(rows: list[dict], methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) -> list[dict]:
+    """Rows of other methods from earlier runs' CSVs, one per (image, setting) of this run for each method.
+
+    keys: (dataset, image, task, setting, height, width) of this run. Rows of methods this run computes, or of
+    (image, setting) pairs outside it, are left out; a method must cover every key of each task it has rows for
+    (so that its means are over the same images and settings as the others').
+    """
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        try:
+            with open(path, newline="") as f:
+                found = list(csv.DictReader(f))
+        except OSError as err:
+            raise SystemExit(f"error: --merge {path}: {err.strerror or err}") from None
+        if not found or not set(FIELDS) <= set(found[0]):
+            raise SystemExit(f"error: --merge {path}: not a CSV of benchmarks/quality.py (columns {', '.join(FIELDS)})")
+        for line, r in enumerate(found, start=2):
+            try:
+                key = (r["dataset"], r["image"], r["task"], r["setting"], int(r["height"]), int(r["width"]))
+                float(r["psnr"]), float(r["ssim"]), float(r["seconds"]), int(r["iterations"])
+            except (TypeError, ValueError):
+                raise SystemExit(f"error: --merge {path}: line {line} is malformed (a number expected in "
+                                 "height, width, psnr, ssim, seconds, iterations)") from None
+            if r["method"] not in methods and key in keys:
+                merged[key + (r["method"],)] = {**r, "height": key[4], "width": key[5]}
+        for m, task in sorted({(r["method"], r["task"]) for r in found if r["method"] not in methods}):
+            missing = [k for k in keys if k[2] == task and k + (m,) not in merged]
+            if missing:
+                d, image, task, setting, h, w = sorted(missing)[0]
+                raise SystemExit(f"error: --merge {path}: {m} has no row for {task} {setting} on {image} ({h}x{w}) "
+                                 f"of {d}; run it with the same images, --crop, --tasks and settings")
+    return list(merged.values())
+
+
 def mean(rows: list[dict], key: str) -> float:
     vals = [float(r[key]) for r in rows]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -470,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="CSV (default docs/quality_<dataset>.csv)")
     p.add_argument("--tables", type=Path, help="markdown tables (default docs/quality_tables.md)")
     p.add_argument("--note", default="", help="a line added under the tables (what was reduced and why)")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="CSVs of earlier runs of other methods on the same images, crop, tasks and --seed (for "
+                        "example pnp-bm3d run apart): their rows join this run's CSV and tables")
     return p
 
 
@@ -510,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     images = load_images(Path(args.folder), args.limit, args.crop, args.resize)
     settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise)
+    keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
+            for s in settings for name, full in images}
+    merged = merge_rows(args.merge, keys, methods)  # checked before the run, not after it
     start, rows = time.perf_counter(), []
     for setting in settings:
         for idx, (name, full) in enumerate(images):
@@ -535,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     written = figures(args, images, prior, device, args.fig_dir) if args.figures else []
     elapsed = time.perf_counter() - start
+    merged_methods = list(dict.fromkeys(r["method"] for r in merged))
+    rows += merged
     hv_text: dict[str, list[str]] = defaultdict(list)  # one entry per distinct setting, naming where it applied
     for s in settings:
         v = hvae_settings(args, s.task, s.noise255)
@@ -549,9 +593,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                f"{args.wiener_grad_std:g}; tv lam = {args.tv_c:g} * sigma"
              + (f"; pnp-bm3d HQS {args.bm3d_iters} it" if "pnp-bm3d" in methods else "")
              + f". Seed {args.seed} + image index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
+    if merged:
+        lines += [f"Merged from earlier runs on the same degraded images ({', '.join(merged_methods)}): "
+                  + ", ".join(f"`{os.path.relpath(p, ROOT)}`" for p in args.merge) + ".", ""]
     if args.note:
         lines += [args.note, ""]
-    lines.append(tables(rows, methods))
+    lines.append(tables(rows, methods + merged_methods))
     if written:
         lines += ["Figures (first image, kernel 9, noise 7.65): "
                   + ", ".join(f"`{os.path.relpath(w, ROOT)}`" for w in written), ""]

@@ -103,3 +103,29 @@ def test_pil_plot_fallback(tmp_path):
     q._pil_plot(path, {"a": ([1, 2, 3], [1.0, 0.1, 0.01]), "b": ([1, 2], [0.5, 0.2])}, "t", "x", "y", True)
     from PIL import Image
     assert Image.open(path).size == (600, 400)
+
+
+def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
+    tmp, images, kernels = workspace
+    q = _load_quality()
+    common = ["--folder", str(images), "--kernels", str(kernels), "--tasks", "deblur", "--deblur-kernels", "9",
+              "--deblur-noises", "7.65", "--device", "cpu", "--threads", "1"]
+    first = tmp / "wiener.csv"
+    q.main(common + ["--methods", "wiener", "--out", str(first), "--tables", str(tmp / "w.md")])
+    out, tables = tmp / "both.csv", tmp / "both.md"
+    q.main(common + ["--methods", "tv", "--merge", str(first), "--out", str(out), "--tables", str(tables)])
+    written = _read(out)
+    assert sorted(r["method"] for r in written) == ["tv", "tv", "wiener", "wiener"]
+    assert {(r["image"], r["psnr"]) for r in written if r["method"] == "wiener"} == \
+        {(r["image"], r["psnr"]) for r in _read(first)}
+    text = tables.read_text()
+    assert "| setting | tv | wiener |" in text and "Merged from earlier runs" in text and "nan" not in text
+
+    # the same images at another crop are other degraded images: refused before anything runs
+    with pytest.raises(SystemExit, match=r"--merge .*wiener has no row for deblur k9 s7.65 on img0 \(32x32\)"):
+        q.main(common + ["--crop", "32", "--methods", "tv", "--merge", str(first), "--out", str(tmp / "x.csv")])
+    assert not (tmp / "x.csv").exists()
+    bad = tmp / "bad.csv"
+    bad.write_text("image,psnr\nimg0,20\n")
+    with pytest.raises(SystemExit, match="not a CSV of benchmarks/quality.py"):
+        q.main(common + ["--methods", "tv", "--merge", str(bad), "--out", str(tmp / "y.csv")])
