@@ -30,12 +30,13 @@ Methods (``--methods``):
             (default 0.1, chosen with ``--tune-tv``: a grid of c on 2 validation crops of the training folder,
             ``split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]``, deblurring with kernel 9 at the
             three noise levels; never on test images)
-  pnp-bm3d  our own half-quadratic splitting loop, so that it uses exactly the same operators:
-            x_k = operator.prox_l2(z_{k-1}, y, s_k) (exact data step), z_k = BM3D(x_k, s_k) with
-            ``deepinv.models.BM3D`` (package bm3d), s_k geometric from 50/255 down to max(sigma, 2.55/255) over
-            ``--bm3d-iters`` (8) iterations, z_0 = operator.init(y); returns z_K (schedule not tuned). Needs the
-            optional extra ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3); skipped with a note when not
-            importable.
+  pnp-bm3d  our own half-quadratic splitting loop (DPIR's, Zhang et al. 2021, with BM3D), so that it uses exactly
+            the same operators: x_k = operator.prox_l2(z_{k-1}, y, s_k / sqrt(lam)) (exact data step),
+            z_k = BM3D(x_k, s_k) with ``deepinv.models.BM3D`` (package bm3d), s_k geometric from 50/255 down to
+            max(sigma, 2.55/255) over ``--bm3d-iters`` (8) iterations, z_0 = operator.init(y); returns z_K.
+            lam = ``--bm3d-lam`` (DPIR's 0.23), or chosen with ``--tune-bm3d`` as TV's c is (a grid on the same
+            validation crops). Needs the optional extra ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3);
+            skipped with a note when not importable.
 
 Outputs: a CSV with one row per image x task setting x method (psnr, ssim, seconds, iterations), and markdown
 tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
@@ -204,14 +205,17 @@ def load_bm3d():
 
 
 @torch.no_grad()
-def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, s_start: float = 50 / 255) -> tuple[Tensor, int]:
-    """HQS: x_k = prox_l2(z_{k-1}, y, s_k) (exact), z_k = BM3D(x_k, s_k); s_k geometric from s_start to
-    max(sigma, 2.55/255). The schedule is not tuned."""
+def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, lam: float = 1.0,
+             s_start: float = 50 / 255) -> tuple[Tensor, int]:
+    """HQS as in DPIR (Zhang et al. 2021) with BM3D as the denoiser: for k = 1..K,
+    x_k = argmin_x ||A x - y||^2 / (2 sigma^2) + lam ||x - z_{k-1}||^2 / (2 s_k^2) = prox_l2(z_{k-1}, y, s_k / sqrt(lam)),
+    z_k = BM3D(x_k, s_k), with s_k geometric from s_start to max(sigma, 2.55/255); returns z_K.
+    lam weighs the prior against the data (DPIR: 0.23); ``--tune-bm3d`` picks it on validation crops."""
     s_end = max(operator.sigma, 2.55 / 255)
     sched = [s_start * (s_end / s_start) ** (k / max(1, iters - 1)) for k in range(iters)]
     z = operator.init(y)
     for s in sched:
-        x = operator.prox_l2(z, y, s)
+        x = operator.prox_l2(z, y, s / math.sqrt(lam))
         z = denoiser(x.detach().float().cpu(), s).to(device=y.device, dtype=y.dtype)
     return z, iters
 
@@ -233,7 +237,7 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
         r = total_variation(y, op, lam=tv_lam(args, op.sigma))
         return r.estimate, r.iterations
     if method == "pnp-bm3d":
-        return pnp_bm3d(y, op, bm3d, args.bm3d_iters)
+        return pnp_bm3d(y, op, bm3d, args.bm3d_iters, args.bm3d_lam)
     raise ValueError(method)
 
 
@@ -451,22 +455,39 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
 
 
 # ------------------------------------------------------------------------------------------- TV tuning
-def tune_tv(args: argparse.Namespace, grid: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)) -> float:
-    """c of lam = c * sigma maximising the mean PSNR on 2 validation crops (kernel 9, the deblur noise levels)."""
+def validation_problems(args: argparse.Namespace):
+    """(operator, y, clean) on 2 validation crops of --tune-folder: kernel 9 at the three deblurring noises."""
     folder = Path(args.tune_folder)
     val = split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]
     clean = torch.stack([centre_crop(read_image(f, channels=3), args.crop or 128) for f in val])
     kernel = load_kernel(Path(args.kernels) / "9.npy")
-    scores = {c: [] for c in grid}
     for s in (2.55, 7.65, 12.75):
         op = Blur(kernel, sigma_from_255(s))
-        y = op.degrade(clean.double(), torch.Generator().manual_seed(args.seed)).float()
+        yield op, op.degrade(clean.double(), torch.Generator().manual_seed(args.seed)).float(), clean, val
+
+
+def tune_tv(args: argparse.Namespace, grid: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)) -> float:
+    """c of lam = c * sigma maximising the mean PSNR on 2 validation crops (kernel 9, the deblur noise levels)."""
+    scores = {c: [] for c in grid}
+    for op, y, clean, val in validation_problems(args):
         for c in grid:
             est = total_variation(y, op, lam=c * op.sigma).estimate
             scores[c] += [psnr(e[None], x[None]) for e, x in zip(est, clean)]
     print("# TV tuning on validation crops " + ", ".join(p.name for p in val) + ": "
           + ", ".join(f"c={c:g}: {sum(v) / len(v):.2f} dB" for c, v in scores.items()))
     return max(grid, key=lambda c: sum(scores[c]))
+
+
+def tune_bm3d(args: argparse.Namespace, denoiser, grid: Sequence[float] = (0.1, 0.23, 0.5, 1.0)) -> float:
+    """PnP-BM3D's lam maximising the mean PSNR on the validation problems of tune_tv."""
+    scores = {lam: [] for lam in grid}
+    for op, y, clean, val in validation_problems(args):
+        for lam in grid:
+            est = pnp_bm3d(y, op, denoiser, args.bm3d_iters, lam)[0]
+            scores[lam] += [psnr(e[None], x[None]) for e, x in zip(est, clean)]
+    print("# PnP-BM3D tuning on validation crops " + ", ".join(p.name for p in val) + ": "
+          + ", ".join(f"lam={lam:g}: {sum(v) / len(v):.2f} dB" for lam, v in scores.items()), flush=True)
+    return max(grid, key=lambda lam: sum(scores[lam]))
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -498,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-tv", action="store_true", help="choose --tv-c on 2 validation crops first")
     p.add_argument("--tune-folder", type=Path, default=SHARED / "train" / "natural-CBSD432")
     p.add_argument("--bm3d-iters", type=int, default=8)
+    p.add_argument("--bm3d-lam", type=float, default=0.23, help="PnP-BM3D's prior weight lam (DPIR's 0.23)")
+    p.add_argument("--tune-bm3d", action="store_true", help="choose --bm3d-lam on 2 validation crops first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--figures", action="store_true")
@@ -543,6 +566,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     bm3d = load_bm3d() if "pnp-bm3d" in methods else None
     if "pnp-bm3d" in methods and bm3d is None:
         methods.remove("pnp-bm3d")
+    if args.tune_bm3d and bm3d is not None:
+        args.bm3d_lam = tune_bm3d(args, bm3d)
+        print(f"# PnP-BM3D: lam = {args.bm3d_lam:g}", flush=True)
     if args.tune_tv and "tv" in methods:
         args.tv_c = tune_tv(args)
         print(f"# TV: c = {args.tv_c:g}", flush=True)
@@ -591,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              "Settings: pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items())
              + f"; adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return; wiener grad std "
                f"{args.wiener_grad_std:g}; tv lam = {args.tv_c:g} * sigma"
-             + (f"; pnp-bm3d HQS {args.bm3d_iters} it" if "pnp-bm3d" in methods else "")
+             + (f"; pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}" if "pnp-bm3d" in methods else "")
              + f". Seed {args.seed} + image index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
     if merged:
         lines += [f"Merged from earlier runs on the same degraded images ({', '.join(merged_methods)}): "
