@@ -129,3 +129,25 @@ def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
     bad.write_text("image,psnr\nimg0,20\n")
     with pytest.raises(SystemExit, match="not a CSV of benchmarks/quality.py"):
         q.main(common + ["--methods", "tv", "--merge", str(bad), "--out", str(tmp / "y.csv")])
+
+
+def test_pnp_bm3d_data_step_weighs_the_prior_by_lam():
+    """With a shrinking 'denoiser' D(x) = x / 2 on denoising, each HQS step is the weighted mean
+    x_k = (y / sigma^2 + lam z_{k-1} / s_k^2) / (1 / sigma^2 + lam / s_k^2), z_k = x_k / 2."""
+    q = _load_quality()
+    from restore.operators import Denoising
+    op = Denoising(0.1)
+    y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls = []
+    denoiser = lambda x, s: (calls.append(s), x / 2)[1]  # noqa: E731
+    results = []
+    for lam in (0.23, 1.0):
+        calls.clear()
+        z, iters = q.pnp_bm3d(y, op, denoiser, iters=4, lam=lam)
+        expected = op.init(y)
+        for s in calls:
+            expected = (y / 0.1 ** 2 + lam * expected / s ** 2) / (1 / 0.1 ** 2 + lam / s ** 2) / 2
+        assert iters == 4 and len(calls) == 4 and calls[0] == pytest.approx(50 / 255) and calls[-1] == pytest.approx(0.1)
+        torch.testing.assert_close(z, expected)
+        results.append(z)
+    assert (results[0] - results[1]).abs().max() > 1e-3
