@@ -328,12 +328,16 @@ def mean(rows: list[dict], key: str) -> float:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Whole rewrite through a temporary file and a rename: a reader (or --merge of the same path) never sees
+    half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -599,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 rows.append(row)
                 print(f"{setting.task:15s} {setting.name:12s} {name:10s} {method:9s} PSNR {row['psnr']:6.2f} "
                       f"SSIM {row['ssim']:.3f} {secs:7.1f} s {iters:4d} it", flush=True)
-            write_csv(args.out, rows)  # partial results survive an interruption
+            write_csv(args.out, rows + merged)  # partial results survive an interruption, merged rows too
 
     written = figures(args, images, prior, device, args.fig_dir) if args.figures else []
     elapsed = time.perf_counter() - start

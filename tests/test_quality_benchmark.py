@@ -120,6 +120,10 @@ def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
         {(r["image"], r["psnr"]) for r in _read(first)}
     text = tables.read_text()
     assert "| setting | tv | wiener |" in text and "Merged from earlier runs" in text and "nan" not in text
+    # merging into the same file: it ends holding both methods (and nothing half-written is left)
+    q.main(common + ["--methods", "tv", "--merge", str(first), "--out", str(first), "--tables", str(tables)])
+    assert sorted(r["method"] for r in _read(first)) == ["tv", "tv", "wiener", "wiener"]
+    assert not list(tmp.glob("*.partial"))
 
     # the same images at another crop are other degraded images: refused before anything runs
     with pytest.raises(SystemExit, match=r"--merge .*wiener has no row for deblur k9 s7.65 on img0 \(32x32\)"):
