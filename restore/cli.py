@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="temperature: one value, a comma list (one per group), or START:END (linear top->bottom)")
     sv.add_argument("--iterations", type=int, default=None)
     sv.add_argument("--tol", type=float, default=1e-4, help="stop when the RMS residual is below this")
+    sv.add_argument("--divergence-guard", type=float, default=4.0, metavar="FACTOR",
+                    help="JPMAP: once the residual exceeds FACTOR x its smallest value, stop and return the "
+                         "iterate of that smallest residual (per image or tile); 0 turns it off")
     sv.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (--method adam)")
     sv.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], default=None)
     sv.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -191,6 +194,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--gamma must be > 0 on the 0-255 scale, got {args.gamma}")
     if args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    if not (args.divergence_guard == 0 or args.divergence_guard > 1):
+        raise UsageError(f"--divergence-guard must be > 1 (or 0 to turn it off), got {args.divergence_guard}")
     if args.operator == "sr" and args.scale < 1:
         raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
 
@@ -203,6 +208,7 @@ def _solver_config(args: argparse.Namespace):
     gamma = args.gamma / 255.0
     if args.method == "jpmap":
         return JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, max_iters=args.iterations, tol=args.tol,
+                           divergence_guard=args.divergence_guard or None,
                            return_estimate=args.return_estimate, precision=args.precision)
     return AdamConfig(gamma=gamma, tau=tau, tau_end=tau_end, lr=args.lr, max_iters=args.iterations,
                       return_estimate=args.return_estimate, precision=args.precision)
@@ -302,6 +308,7 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     metrics = {"iterations": result.iterations if result else cfg.max_iters,
                "converged": result.converged if result else None, "seconds": seconds, "tiled": tiled,
+               "diverged": getattr(result, "diverged", 0) > 0 if result else None,
                "final_residual": result.history.residual[-1] if result and result.history.residual else None,
                "sigma": sigma, "device": str(device), **_settings(args, cfg)}
     if clean is not None:

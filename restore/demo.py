@@ -18,21 +18,32 @@ from hvae.export import PriorError, load_prior
 from .baselines import tikhonov
 from .jpmap import JPMAPConfig, jpmap
 from .operators import Blur, motion_kernel, sigma_from_255
+from .presets import PresetError, parse_tau, preset_for, read_presets
 
-PRIOR = Path(__file__).resolve().parent.parent / "priors" / "natural.pt"
+ROOT = Path(__file__).resolve().parent.parent
+PRIOR = ROOT / "priors" / "natural.pt"
+PRESET = ROOT / "configs" / "restore" / "natural.yaml"
 NOISE_255 = 7.65
-CONFIG = JPMAPConfig(gamma=20 / 255, tau=0.9, max_iters=30, return_estimate="decoded")
+
+
+def demo_config(max_iters: int | None = None) -> JPMAPConfig:
+    """restore.py's default setting for this problem: the preset's blur entry at noise 7.65."""
+    v = preset_for(read_presets(PRESET), "blur", NOISE_255)
+    tau, tau_end = parse_tau(v["tau"])
+    return JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end,
+                       max_iters=max_iters or int(v["iterations"]), return_estimate=v["return"])
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(-10 * torch.log10(((x.clamp(0, 1) - ref) ** 2).mean()))
 
 
-def demo(out: Path = Path("out/demo"), size: int = 192) -> int:
+def demo(out: Path = Path("out/demo"), size: int = 192, max_iters: int | None = None) -> int:
     torch.manual_seed(0)
     try:
+        config = demo_config(max_iters)
         prior = load_prior(PRIOR)
-    except PriorError as err:
+    except (PriorError, PresetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import skimage.data
@@ -45,7 +56,7 @@ def demo(out: Path = Path("out/demo"), size: int = 192) -> int:
     print(f"demo: {size}x{size} crop of scikit-image's astronaut, motion blur (length 13 px), noise {NOISE_255}/255")
     wiener = tikhonov(y, operator, grad_std=0.1).estimate
     start = time.perf_counter()
-    result = jpmap(y, operator, prior, CONFIG)
+    result = jpmap(y, operator, prior, config)
     seconds = time.perf_counter() - start
     clean = clean.float()
     print(f"PSNR degraded  {psnr(y, clean):6.2f} dB")

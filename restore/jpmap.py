@@ -11,6 +11,10 @@ Update rule, k = 0, 1, ...:
 
 It converges when x -> prox(G(E_tau(x))) is a contraction; the history records the residual
 ||x_k - x_{k-1}|| (RMS per pixel) and its ratio to the previous one, which estimates that constant.
+With an imperfect prior it may not be one: the iterates can improve for a while and then drift away (the
+residual grows again). Divergence guard (``divergence_guard`` = g): per image, once the residual exceeds
+g times its smallest value so far (and the tolerance), the image stops and returns the iterate of that
+smallest residual; kept on the device, with no extra host synchronisation.
 
 Fast path (JPMAPConfig): bf16 autocast for the network passes (the x-step and its FFTs stay fp32),
 channels_last, torch.compile of the network pass (CUDA graphs with compile_mode="reduce-overhead"); the
@@ -43,6 +47,7 @@ class JPMAPConfig:
     tau_end: float | None = None  # if set: tau linear from ``tau`` (top group) to ``tau_end`` (bottom group)
     max_iters: int = 50
     tol: float = 1e-4  # stop when the RMS residual of every image is below this
+    divergence_guard: float | None = 4.0  # residual > this x its minimum: return the minimum's iterate (None: off)
     check_every: int = 5  # convergence test every few iterations (one host synchronisation each)
     init: str = "auto"  # "auto" (operator's choice), "observation", "adjoint"
     return_estimate: str = "x"  # "x" (x_K) or "decoded" (G(z_K), what the published code returns)
@@ -54,6 +59,8 @@ class JPMAPConfig:
     def __post_init__(self) -> None:
         if not self.gamma > 0 or not math.isfinite(self.gamma):
             raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.divergence_guard is not None and not self.divergence_guard > 1:
+            raise ValueError(f"divergence_guard must be > 1 (or None to turn it off), got {self.divergence_guard}")
         if self.max_iters < 1 or self.check_every < 1:
             raise ValueError("max_iters and check_every must be >= 1")
         if self.init not in ("auto", "observation", "adjoint"):
@@ -103,6 +110,7 @@ class RestoreResult:
     iterations: int
     converged: bool
     seconds: float
+    diverged: int = 0  # images that the divergence guard stopped (they return their smallest-residual iterate)
 
 
 def initial_x(y: Tensor, operator, how: str) -> Tensor:
@@ -193,10 +201,24 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
     decoder_step = make_decoder_step(prior, taus, config)
     start = time.perf_counter()
     converged, k, decoded = False, 0, x
+    guard = config.divergence_guard
+    if guard is not None:  # per image: smallest squared residual so far, its (x, G(z)), whether it stopped
+        best_mse = torch.full((x.shape[0],), math.inf, device=x.device, dtype=x.dtype)
+        best_x, best_decoded = x.clone(), x.clone()
+        stopped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for k in range(1, config.max_iters + 1):
         decoded = decoder_step(x)
         x_new = operator.prox_l2(decoded, y, gamma)
         per_image_mse = ((x_new - x) ** 2).flatten(1).mean(1)
+        if guard is not None:  # device tensors only; a stopped image keeps its best iterate from here on
+            stopped |= (per_image_mse > guard**2 * best_mse) & (per_image_mse > config.tol**2)
+            better = (per_image_mse < best_mse) & ~stopped
+            best_mse = torch.where(better, per_image_mse, best_mse)
+            best_x = torch.where(better[:, None, None, None], x_new, best_x)
+            best_decoded = torch.where(better[:, None, None, None], decoded, best_decoded)
+            keep = stopped[:, None, None, None]
+            x_new, decoded = torch.where(keep, best_x, x_new), torch.where(keep, best_decoded, decoded)
+            per_image_mse = ((x_new - x) ** 2).flatten(1).mean(1)  # 0 for a stopped image after its stop
         residual_sq.append(per_image_mse.mean())  # device tensors: no host synchronisation here
         data.append(((operator.A(x_new) - y) ** 2).flatten(1).sum(1).mean() / (2 * sigma**2 * n_pix))
         coupling.append(((x_new - decoded) ** 2).flatten(1).sum(1).mean() / (2 * gamma**2 * n_pix))
@@ -204,9 +226,12 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
         x = x_new
         if callback is not None:
             callback(k, x)
-        if (k % config.check_every == 0 or k == config.max_iters) and bool((per_image_mse.sqrt() < config.tol).all()):
-            converged = True  # the one synchronisation every check_every iterations
-            break
+        if k % config.check_every == 0 or k == config.max_iters:  # the one synchronisation every check_every
+            done = per_image_mse.sqrt() < config.tol
+            if bool((done | stopped).all() if guard is not None else done.all()):
+                converged = bool((done & ~stopped).all()) if guard is not None else True
+                break
     _records(history, residual_sq, data, coupling, times)
     estimate = x if config.return_estimate == "x" else decoded
-    return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start)
+    diverged = int(stopped.sum()) if guard is not None else 0
+    return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start, diverged)

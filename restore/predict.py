@@ -18,6 +18,7 @@ missing tiles is computed in ``TileDataModule.setup``, which Lightning runs on e
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, replace
@@ -217,11 +218,17 @@ class TiledJPMAP(L.LightningModule):
         last iteration of each chunk gives the per-tile residual, the RMS change over the ``used`` part of the
         window (the edges of a window are solved with less context and keep moving after its core has
         settled). ``group`` consecutive items (the channels of one tile through a grey prior) stop together,
-        as the whole image's channels do."""
+        as the whole image's channels do. The divergence guard works per tile on the same residual, checked
+        at the end of each chunk: a tile whose residual exceeds ``divergence_guard`` times its smallest one
+        keeps the iterate of that smallest residual."""
         cfg = self.config
+        guard, chunk_cfg = cfg.divergence_guard, replace(cfg, tol=0.0, divergence_guard=None)
         op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
+        best_rms = torch.full((y.shape[0],), math.inf, device=y.device)
+        best_x, best_est = x.clone(), est.clone()
+        stopped = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
         used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
         active = torch.arange(y.shape[0], device=y.device)
         done = 0
@@ -233,8 +240,8 @@ class TiledJPMAP(L.LightningModule):
             prior = self.prior if segments is None else SegmentedPrior(self.prior, [segments[i] for i in idx])
             ya, xa = y[active], x[active]
             if step > 1:
-                xa = jpmap(ya, op, prior, replace(cfg, max_iters=step - 1, tol=0.0), x0=xa).x
-            last = jpmap(ya, op, prior, replace(cfg, max_iters=1, tol=0.0), x0=xa)
+                xa = jpmap(ya, op, prior, replace(chunk_cfg, max_iters=step - 1), x0=xa).x
+            last = jpmap(ya, op, prior, replace(chunk_cfg, max_iters=1), x0=xa)
             change = (last.x - xa) ** 2
             if used is None:
                 rms = change.flatten(1).mean(1).sqrt()
@@ -242,8 +249,17 @@ class TiledJPMAP(L.LightningModule):
                 boxes = [used_boxes[i] for i in idx]
                 rms = torch.stack([change[k, :, r0:r1, c0:c1].mean() for k, (r0, r1, c0, c1) in enumerate(boxes)]).sqrt()
             x[active], est[active] = last.x.to(x.dtype), last.estimate.to(est.dtype)
+            if guard is not None:
+                stopped[active] |= (rms > guard * best_rms[active]) & (rms >= cfg.tol)
+                improved = (rms < best_rms[active]) & ~stopped[active]
+                better = active[improved]
+                best_rms[better] = rms[improved].to(best_rms.dtype)
+                best_x[better], best_est[better] = x[better], est[better]
+                frozen = active[stopped[active]]
+                x[frozen], est[frozen] = best_x[frozen], best_est[frozen]
             done += step
-            active = active[(rms >= cfg.tol).reshape(-1, group).any(1).repeat_interleave(group)]
+            moving = (rms >= cfg.tol) & ~stopped[active]
+            active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
         return est
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:

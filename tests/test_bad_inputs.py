@@ -75,6 +75,8 @@ REFUSALS = [
     Refusal("unknown_operator", ("--clean", "@clean.png", "--operator", "sharpen"), "invalid choice"),
     Refusal("negative_noise", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "-3"), "--noise-std"),
     Refusal("zero_noise", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "0"), "--noise-std"),
+    Refusal("divergence_guard_below_one", ("--clean", "@clean.png", "--operator", "denoise", "--divergence-guard",
+                                           "0.5"), "--divergence-guard must be > 1"),
     Refusal("prior_of_another_architecture", ("--clean", "@clean.png", "--operator", "denoise",
                                               "--prior", "@other_architecture.pt"), "architecture"),
     Refusal("prior_with_nan_weights", ("--clean", "@clean.png", "--operator", "denoise", "--prior", "@nan_prior.pt"),

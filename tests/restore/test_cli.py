@@ -128,7 +128,7 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, clean_png, kerne
 def test_demo_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     import restore.demo as demo
-    monkeypatch.setattr(demo, "CONFIG", demo.JPMAPConfig(gamma=20 / 255, tau=0.9, max_iters=3))
-    assert demo.demo(size=64) == 0
+    assert demo.demo_config().gamma == 20 / 255  # the preset's blur entry at noise 7.65
+    assert demo.demo(size=64, max_iters=3) == 0
     text = capsys.readouterr().out
     assert "PSNR PnP-HVAE" in text and (tmp_path / "out" / "demo" / "side_by_side.png").is_file()

@@ -143,3 +143,54 @@ def test_bf16_matches_fp32_on_cpu():
     r16 = jpmap(y, op, prior, JPMAPConfig(max_iters=2, precision="bf16"))
     mse = float(((r32.x - r16.x) ** 2).mean())
     assert mse < 1e-4  # bf16 network passes stay close to fp32; exact x-steps are in fp32
+
+
+class DriftingPrior:
+    """G(E(x)) = c + gain * (x - c), per pixel: gain < 1 contracts, gain > 1 expands (a stand-in for a prior
+    whose JPMAP map is not a contraction). Its latents are not used by jpmap."""
+
+    num_groups, multiple = 1, 1
+
+    def __init__(self, centre: torch.Tensor, gain: torch.Tensor):
+        self.centre, self.gain = centre, gain
+
+    def encode_decode(self, x, taus):
+        return [], self.centre + self.gain * (x - self.centre)
+
+
+def test_divergence_guard_returns_the_smallest_residual_iterate_of_a_drifting_image():
+    # image 0: a fast-contracting part and a small slowly-expanding one, so the residual first falls then grows;
+    # image 1: contracting only. Denoising with sigma 1, gamma 0.1: x_k - c = 0.99 * gain * (x_{k-1} - c)
+    c = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
+    gain = torch.full_like(c, 0.5)
+    gain[0, 0, 0, 0] = 1.4
+    x0 = c + 0.3
+    x0[0, 0, 0, 0] = 0.5 + 1e-4
+    prior, op = DriftingPrior(c, gain), Denoising(1.0)
+    free = []
+    cfg = JPMAPConfig(gamma=0.1, tau=1.0, max_iters=40, tol=0.0, divergence_guard=None)
+    r_free = jpmap(c, op, prior, cfg, x0=x0, callback=lambda k, x: free.append(x.clone()))
+    assert r_free.diverged == 0
+    res = [((a - b) ** 2).flatten(1).mean(1).sqrt() for a, b in zip(free, [x0] + free[:-1])]  # per image
+    r0 = [float(r[0]) for r in res]
+    k_stop = next(k for k in range(1, len(r0)) if r0[k] > 4 * min(r0[:k]))
+    k_best = min(range(k_stop), key=lambda k: r0[k])
+    assert 3 <= k_best < k_stop < 39  # the residual really falls, then grows
+
+    guarded = jpmap(c, op, prior, JPMAPConfig(gamma=0.1, tau=1.0, max_iters=40, tol=0.0, divergence_guard=4.0),
+                    x0=x0)
+    assert guarded.diverged == 1 and not guarded.converged
+    torch.testing.assert_close(guarded.x[0], free[k_best][0])  # the drifting image: its best iterate
+    torch.testing.assert_close(guarded.decoded[0], prior.encode_decode(free[k_best - 1], None)[1][0])
+    torch.testing.assert_close(guarded.x[1], r_free.x[1])  # the contracting one: untouched
+    assert float(((guarded.x[0] - c[0]) ** 2).mean()) < float(((r_free.x[0] - c[0]) ** 2).mean()) / 100
+
+
+def test_divergence_guard_validation_and_no_effect_when_converging():
+    with pytest.raises(ValueError, match="divergence_guard"):
+        JPMAPConfig(divergence_guard=1.0)
+    c = torch.full((1, 3, 8, 8), 0.5)
+    prior, op = DriftingPrior(c, torch.full_like(c, 0.7)), Denoising(0.1)
+    a = jpmap(c, op, prior, JPMAPConfig(max_iters=30, tol=0.0), x0=c + 0.2)
+    b = jpmap(c, op, prior, JPMAPConfig(max_iters=30, tol=0.0, divergence_guard=None), x0=c + 0.2)
+    assert a.diverged == 0 and torch.equal(a.x, b.x) and a.iterations == b.iterations == 30

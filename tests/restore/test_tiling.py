@@ -375,3 +375,41 @@ def test_restore_py_two_processes_killed_and_resumed(prior_path, clean, tmp_path
     assert (tmp_path / "two" / "restored.png").read_bytes() == (tmp_path / "one" / "restored.png").read_bytes()
     assert {name: (tiles / name).stat().st_mtime_ns for name in done} == done  # reused, not recomputed
     assert len(list(tiles.glob("img*_tile*.npy"))) == total and not list(tiles.glob(".*.tmp.npy"))
+
+
+def test_per_tile_divergence_guard_keeps_a_drifting_tile_near_its_best(prior_path):
+    """TiledJPMAP's per-tile loop with a stand-in prior whose map first contracts and then expands (one drifting
+    pixel): the guarded tile stops and keeps an iterate near its best; with a contracting map the guard
+    changes nothing."""
+    from dataclasses import replace
+
+    from restore.predict import TiledJPMAP
+
+    class Drifting(torch.nn.Module):
+        num_groups, multiple, image_channels = 1, 1, 3
+
+        def __init__(self, centre, gain):
+            super().__init__()
+            self.centre, self.gain = centre, gain
+
+        def encode_decode(self, x, taus):
+            return [], self.centre + self.gain * (x - self.centre)
+
+    c = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
+    x0 = c + 0.3
+    x0[0, 0, 0, 0] = 0.5 + 1e-4
+    cfg = JPMAPConfig(gamma=0.1, tau=1.0, max_iters=40, tol=0.0, check_every=2)
+    err = lambda x: float(((x - c) ** 2).mean().sqrt())  # noqa: E731
+    for drifting in (True, False):
+        gain = torch.full_like(c, 0.5)
+        if drifting:
+            gain[0, 0, 0, 0] = 1.4
+        out = {}
+        for guard in (4.0, None):
+            module = TiledJPMAP(str(prior_path), replace(cfg, divergence_guard=guard), "denoise", 1.0)
+            module.prior = Drifting(c, gain)
+            out[guard] = module._jpmap_per_tile(c, None, None, x0)
+        if drifting:
+            assert err(out[None]) > 0.05 and err(out[4.0]) < err(out[None]) / 100
+        else:
+            torch.testing.assert_close(out[4.0], out[None])
