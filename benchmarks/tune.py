@@ -62,6 +62,7 @@ def main() -> None:
                                                 "inpaint 3; faces blur: 8)")
     p.add_argument("--kernel-ids", nargs="+", default=["9"], help="blur kernels (files KERNELS/<id>.npy)")
     p.add_argument("--sr-factor", type=int, default=2, help="sr task factor (faces: 4)")
+    p.add_argument("--divergence-guard", type=float, default=4.0, help="JPMAPConfig.divergence_guard (0: off)")
     args = p.parse_args()
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
     s = args.size
@@ -80,14 +81,15 @@ def main() -> None:
     prior = load_prior(args.prior)
     where = f", kernels {' '.join(args.kernel_ids)}" if args.task == "blur" else ""
     print(f"# task {args.task}, noise {noise:g}/255{where}, prior {args.prior}, {len(crops)} validation crops of "
-          f"{s}x{s}")
+          f"{s}x{s}, divergence guard {args.divergence_guard or 'off'}")
     print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|---|")
     for gamma, tau_text, iters in itertools.product(args.gammas, args.taus, args.iters):
         tau, tau_end = parse_tau(tau_text)
         px = pd = 0.0
         for op, y in problems:
-            r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters))
+            r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
+                                                divergence_guard=args.divergence_guard or None))
             px, pd = px + psnr(r.x, clean) / len(problems), pd + psnr(r.decoded, clean) / len(problems)
         print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 
