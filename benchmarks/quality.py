@@ -615,14 +615,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
             f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
+    settings_of = {  # the settings line describes only what this run computed (merged methods: their own run)
+        "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()),
+        "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return",
+        "wiener": f"wiener grad std {args.wiener_grad_std:g}",
+        "tv": f"tv lam = {args.tv_c:g} * sigma",
+        "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}"}
+    described = [settings_of[m] for m in methods]
     lines = [f"### Restoration quality: {args.dataset} ({Path(args.folder).name}, {len(images)} images, {crop})", "",
              f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",
              f"Command: `{command}`", "",
-             "Settings: pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items())
-             + f"; adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return; wiener grad std "
-               f"{args.wiener_grad_std:g}; tv lam = {args.tv_c:g} * sigma"
-             + (f"; pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}" if "pnp-bm3d" in methods else "")
-             + f". Seed {args.seed} + image index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
+             "Settings of the methods this run computed: " + "; ".join(described) + f". Seed {args.seed} + image "
+             f"index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
     if merged:
         lines += [f"Merged from earlier runs on the same degraded images ({', '.join(merged_methods)}): "
                   + ", ".join(f"`{os.path.relpath(p, ROOT)}`" for p in args.merge) + ".", ""]
