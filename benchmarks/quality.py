@@ -42,8 +42,8 @@ Outputs: a CSV with one row per image x task setting x method (psnr, ssim, secon
 tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
 exact command. ``--merge CSV ...`` adds the rows of other methods from earlier runs on the same degraded images
 (same folder, ``--limit``, ``--crop``, tasks and ``--seed``; checked by image, setting and size before the run)
-to this run's CSV and tables, so that a slow method can run apart or on another machine. ``--figures``: on the first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of
-x_k per iteration for JPMAP and Adam, and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir``
+to this run's CSV and tables, so that a slow method can run apart or on another machine. ``--figures``: on the
+first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of x_k per iteration for JPMAP and Adam, and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir``
 (matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
 ``torch.optim.Adam`` for the duration of one call so that each step reports x (no change to baselines.py; the
 run is deterministic, so x after k steps is what a separate run with max_iters = k returns).
@@ -460,7 +460,8 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
 
 # ------------------------------------------------------------------------------------------- TV tuning
 def validation_problems(args: argparse.Namespace):
-    """(operator, y, clean) on 2 validation crops of --tune-folder: kernel 9 at the three deblurring noises."""
+    """(operator, y, clean, files) on 2 validation crops of --tune-folder: kernel 9 at the three deblurring
+    noises (files: the 2 validation images, for the printed line)."""
     folder = Path(args.tune_folder)
     val = split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]
     clean = torch.stack([centre_crop(read_image(f, channels=3), args.crop or 128) for f in val])
