@@ -43,8 +43,8 @@ tables of means per setting and method (printed, and written to ``--tables``) wi
 exact command. ``--merge CSV ...`` adds the rows of other methods from earlier runs on the same degraded images
 (same folder, ``--limit``, ``--crop``, tasks and ``--seed``; checked by image, setting and size before the run)
 to this run's CSV and tables, so that a slow method can run apart or on another machine. ``--figures``: on the
-first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of x_k per iteration for JPMAP and Adam, and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir``
-(matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
+first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of x_k per iteration for JPMAP and Adam,
+and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir`` (matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
 ``torch.optim.Adam`` for the duration of one call so that each step reports x (no change to baselines.py; the
 run is deterministic, so x after k steps is what a separate run with max_iters = k returns).
 """
