@@ -44,7 +44,8 @@ exact command. ``--merge CSV ...`` adds the rows of other methods from earlier r
 (same folder, ``--limit``, ``--crop``, tasks and ``--seed``; checked by image, setting and size before the run)
 to this run's CSV and tables, so that a slow method can run apart or on another machine. ``--figures``: on the
 first image, deblurring with kernel 9 at noise 7.65: residual and PSNR of x_k per iteration for JPMAP and Adam,
-and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir`` (matplotlib when importable, else a small PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
+and PSNR against tau (0.5 .. 1.0) for JPMAP; PNGs under ``--fig-dir`` (matplotlib when importable, else a small
+PIL line plot). Adam's per-iteration PSNR is recorded by wrapping
 ``torch.optim.Adam`` for the duration of one call so that each step reports x (no change to baselines.py; the
 run is deterministic, so x after k steps is what a separate run with max_iters = k returns).
 """
@@ -208,7 +209,8 @@ def load_bm3d():
 def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, lam: float = 1.0,
              s_start: float = 50 / 255) -> tuple[Tensor, int]:
     """HQS as in DPIR (Zhang et al. 2021) with BM3D as the denoiser: for k = 1..K,
-    x_k = argmin_x ||A x - y||^2 / (2 sigma^2) + lam ||x - z_{k-1}||^2 / (2 s_k^2) = prox_l2(z_{k-1}, y, s_k / sqrt(lam)),
+    x_k = argmin_x ||A x - y||^2 / (2 sigma^2) + lam ||x - z_{k-1}||^2 / (2 s_k^2)
+        = prox_l2(z_{k-1}, y, s_k / sqrt(lam)),
     z_k = BM3D(x_k, s_k), with s_k geometric from s_start to max(sigma, 2.55/255); returns z_K.
     lam weighs the prior against the data (DPIR: 0.23); ``--tune-bm3d`` picks it on validation crops."""
     s_end = max(operator.sigma, 2.55 / 255)
@@ -459,40 +461,35 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
 
 
 # ------------------------------------------------------------------------------------------- TV tuning
-def validation_problems(args: argparse.Namespace):
-    """(operator, y, clean, files) on 2 validation crops of --tune-folder: kernel 9 at the three deblurring
-    noises (files: the 2 validation images, for the printed line)."""
+def tune_on_validation(args: argparse.Namespace, label: str, name: str, grid: Sequence[float],
+                       restore: Callable[[Tensor, Blur, float], Tensor]) -> float:
+    """The value of ``grid`` for which ``restore(y, operator, value)`` has the best mean PSNR on 2 validation crops
+    of --tune-folder (never test images), deblurred with kernel 9 at the three deblurring noise levels."""
     folder = Path(args.tune_folder)
     val = split_files(list_images(folder), 0.05, 0, root=folder)[1][:2]
     clean = torch.stack([centre_crop(read_image(f, channels=3), args.crop or 128) for f in val])
     kernel = load_kernel(Path(args.kernels) / "9.npy")
+    scores = {v: [] for v in grid}
     for s in (2.55, 7.65, 12.75):
         op = Blur(kernel, sigma_from_255(s))
-        yield op, op.degrade(clean.double(), torch.Generator().manual_seed(args.seed)).float(), clean, val
+        y = op.degrade(clean.double(), torch.Generator().manual_seed(args.seed)).float()
+        for v in grid:
+            scores[v] += [psnr(e[None], x[None]) for e, x in zip(restore(y, op, v), clean)]
+    print(f"# {label} tuning on validation crops " + ", ".join(p.name for p in val) + ": "
+          + ", ".join(f"{name}={v:g}: {sum(r) / len(r):.2f} dB" for v, r in scores.items()), flush=True)
+    return max(grid, key=lambda v: sum(scores[v]))
 
 
 def tune_tv(args: argparse.Namespace, grid: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)) -> float:
-    """c of lam = c * sigma maximising the mean PSNR on 2 validation crops (kernel 9, the deblur noise levels)."""
-    scores = {c: [] for c in grid}
-    for op, y, clean, val in validation_problems(args):
-        for c in grid:
-            est = total_variation(y, op, lam=c * op.sigma).estimate
-            scores[c] += [psnr(e[None], x[None]) for e, x in zip(est, clean)]
-    print("# TV tuning on validation crops " + ", ".join(p.name for p in val) + ": "
-          + ", ".join(f"c={c:g}: {sum(v) / len(v):.2f} dB" for c, v in scores.items()))
-    return max(grid, key=lambda c: sum(scores[c]))
+    """c of lam = c * sigma maximising the mean PSNR on the validation problems (see tune_on_validation)."""
+    return tune_on_validation(args, "TV", "c", grid,
+                              lambda y, op, c: total_variation(y, op, lam=c * op.sigma).estimate)
 
 
 def tune_bm3d(args: argparse.Namespace, denoiser, grid: Sequence[float] = (0.1, 0.23, 0.5, 1.0)) -> float:
-    """PnP-BM3D's lam maximising the mean PSNR on the validation problems of tune_tv."""
-    scores = {lam: [] for lam in grid}
-    for op, y, clean, val in validation_problems(args):
-        for lam in grid:
-            est = pnp_bm3d(y, op, denoiser, args.bm3d_iters, lam)[0]
-            scores[lam] += [psnr(e[None], x[None]) for e, x in zip(est, clean)]
-    print("# PnP-BM3D tuning on validation crops " + ", ".join(p.name for p in val) + ": "
-          + ", ".join(f"lam={lam:g}: {sum(v) / len(v):.2f} dB" for lam, v in scores.items()), flush=True)
-    return max(grid, key=lambda lam: sum(scores[lam]))
+    """PnP-BM3D's lam maximising the mean PSNR on the validation problems (see tune_on_validation)."""
+    return tune_on_validation(args, "PnP-BM3D", "lam", grid,
+                              lambda y, op, lam: pnp_bm3d(y, op, denoiser, args.bm3d_iters, lam)[0])
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     metrics = {"iterations": result.iterations if result else cfg.max_iters,
                "converged": result.converged if result else None, "seconds": seconds, "tiled": tiled,
-               "diverged": getattr(result, "diverged", 0) > 0 if result else None,
+               "diverged": result.diverged > 0 if result else None,
                "final_residual": result.history.residual[-1] if result and result.history.residual else None,
                "sigma": sigma, "device": str(device), **_settings(args, cfg)}
     if clean is not None:

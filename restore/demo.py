@@ -16,22 +16,21 @@ from data.images import write_image
 from hvae.export import PriorError, load_prior
 
 from .baselines import tikhonov
+from .cli import UsageError, _solver_config, apply_preset, build_parser
 from .jpmap import JPMAPConfig, jpmap
 from .operators import Blur, motion_kernel, sigma_from_255
-from .presets import PresetError, parse_tau, preset_for, read_presets
 
-ROOT = Path(__file__).resolve().parent.parent
-PRIOR = ROOT / "priors" / "natural.pt"
-PRESET = ROOT / "configs" / "restore" / "natural.yaml"
+PRIOR = Path(__file__).resolve().parent.parent / "priors" / "natural.pt"
 NOISE_255 = 7.65
 
 
 def demo_config(max_iters: int | None = None) -> JPMAPConfig:
-    """restore.py's default setting for this problem: the preset's blur entry at noise 7.65."""
-    v = preset_for(read_presets(PRESET), "blur", NOISE_255)
-    tau, tau_end = parse_tau(v["tau"])
-    return JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end,
-                       max_iters=max_iters or int(v["iterations"]), return_estimate=v["return"])
+    """What ``restore.py --operator blur --noise-std 7.65`` would run (its default preset's blur entry at that
+    noise), built by the same functions; ``max_iters`` overrides the preset's iterations."""
+    args = build_parser().parse_args(["--operator", "blur", "--noise-std", str(NOISE_255)])
+    apply_preset(args)
+    args.iterations = max_iters or args.iterations
+    return _solver_config(args)
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -43,7 +42,7 @@ def demo(out: Path = Path("out/demo"), size: int = 192, max_iters: int | None = 
     try:
         config = demo_config(max_iters)
         prior = load_prior(PRIOR)
-    except (PriorError, PresetError) as err:
+    except (PriorError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import skimage.data
