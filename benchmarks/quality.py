@@ -150,17 +150,20 @@ def centre_crop(x: Tensor, size: int | None, multiple: int = 1) -> Tensor:
     return x[..., top:top + th, left:left + tw]
 
 
-def load_images(folder: Path, limit: int | None, crop: int | None, resize: int | None) -> list[tuple[str, Tensor]]:
-    files = list_images(folder)[:limit] if limit else list_images(folder)
+def load_images(folder: Path, limit: int | None, crop: int | None, resize: int | None,
+                start: int = 0) -> list[tuple[int, str, Tensor]]:
+    """(index in the sorted folder, name, image) of images start .. start + limit - 1."""
+    files = list_images(folder)
+    stop = start + limit if limit else len(files)
     out = []
-    for f in files:
+    for index, f in enumerate(files[start:stop], start=start):
         x = read_image(f, channels=3)
         if resize:  # shorter side to ``resize`` (antialiased), e.g. 1024 px faces to the prior's scale
             h, w = x.shape[-2:]
             r = resize / min(h, w)
             x = torch.nn.functional.interpolate(x[None], size=(round(h * r), round(w * r)), mode="bicubic",
                                                 antialias=True, align_corners=False)[0].clamp(0, 1)
-        out.append((f.stem, centre_crop(x, crop)))
+        out.append((index, f.stem, centre_crop(x, crop)))
     return out
 
 
@@ -294,10 +297,11 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
     """Rows of other methods from earlier runs' CSVs, one per (image, setting) of this run for each method.
 
     keys: (dataset, image, task, setting, height, width) of this run. Rows of methods this run computes, or of
-    (image, setting) pairs outside it, are left out; a method must cover every key of each task it has rows for
-    (so that its means are over the same images and settings as the others').
+    (image, setting) pairs outside it, are left out; a method must cover, over all the CSVs together, every key
+    of each task it has rows for here (so that its means are over the same images and settings as the others').
     """
     merged: dict[tuple, dict] = {}
+    has_rows: set[tuple[str, str]] = set()  # (method, task) of the merged methods
     for path in paths:
         try:
             with open(path, newline="") as f:
@@ -313,14 +317,17 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
             except (TypeError, ValueError):
                 raise SystemExit(f"error: --merge {path}: line {line} is malformed (a number expected in "
                                  "height, width, psnr, ssim, seconds, iterations)") from None
-            if r["method"] not in methods and key in keys:
-                merged[key + (r["method"],)] = {**r, "height": key[4], "width": key[5]}
-        for m, task in sorted({(r["method"], r["task"]) for r in found if r["method"] not in methods}):
-            missing = [k for k in keys if k[2] == task and k + (m,) not in merged]
-            if missing:
-                d, image, task, setting, h, w = sorted(missing)[0]
-                raise SystemExit(f"error: --merge {path}: {m} has no row for {task} {setting} on {image} ({h}x{w}) "
-                                 f"of {d}; run it with the same images, --crop, --tasks and settings")
+            if r["method"] not in methods:
+                has_rows.add((r["method"], r["task"]))
+                if key in keys:
+                    merged[key + (r["method"],)] = {**r, "height": key[4], "width": key[5]}
+    for m, task in sorted(has_rows):  # over all the CSVs together: runs on other images add up
+        missing = [k for k in keys if k[2] == task and k + (m,) not in merged]
+        if missing:
+            d, image, task, setting, h, w = sorted(missing)[0]
+            raise SystemExit(f"error: --merge: {m} has no row for {task} {setting} on {image} ({h}x{w}) of {d} "
+                             f"in {', '.join(map(str, paths))}; run it with the same images, --crop, --tasks and "
+                             "settings")
     return list(merged.values())
 
 
@@ -418,10 +425,10 @@ def _pil_plot(path, series, title, xlabel, ylabel, logy) -> None:
 
 def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> list[str]:
     """Convergence (residual, PSNR per iteration: JPMAP vs Adam) and PSNR against tau, on the first image."""
-    name, clean = images[0]
+    idx, name, clean = images[0]
     fig_dir.mkdir(parents=True, exist_ok=True)
     setting = build_settings(["deblur"], Path(args.kernels), [9], [7.65])[0]
-    gen = torch.Generator().manual_seed(args.seed)  # image index 0: the same y as in the table
+    gen = torch.Generator().manual_seed(args.seed + idx)  # the same y as in the table
     op = setting.make(*clean.shape[-2:], gen)
     y = op.degrade(clean[None].double(), gen).float().to(device)
     op, clean = op.to(device), clean[None].to(device)
@@ -506,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deblur-noises", type=float, nargs="+", default=[2.55, 7.65, 12.75])
     p.add_argument("--sr-noise", type=float, default=2.55, help="noise of sr2/sr4 (0-255 scale; faces: 3)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--limit", type=int, help="first N images (sorted by name)")
+    p.add_argument("--limit", type=int, help="N images (sorted by name)")
+    p.add_argument("--start", type=int, default=0, help="skip the first N images; the noise seed follows the "
+                   "image's index in the folder, so runs on --start 0 --limit 3 and --start 3 add up to --limit 6")
     p.add_argument("--crop", type=int, help="centre crop S x S (for CPU runs)")
     p.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (faces: 256)")
     p.add_argument("--seed", type=int, default=0)
@@ -575,14 +584,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         args.tv_c = tune_tv(args)
         print(f"# TV: c = {args.tv_c:g}", flush=True)
 
-    images = load_images(Path(args.folder), args.limit, args.crop, args.resize)
+    if args.start < 0 or (args.limit is not None and args.limit < 1):
+        raise SystemExit("error: --start must be >= 0 and --limit >= 1")
+    images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
+    if not images:
+        raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
     settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise)
     keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
-            for s in settings for name, full in images}
+            for s in settings for _, name, full in images}
     merged = merge_rows(args.merge, keys, methods)  # checked before the run, not after it
     start, rows = time.perf_counter(), []
     for setting in settings:
-        for idx, (name, full) in enumerate(images):
+        for idx, name, full in images:  # idx: index in the sorted folder
             clean = centre_crop(full, None, setting.factor)[None]
             gen = torch.Generator().manual_seed(args.seed + idx)
             op = setting.make(*clean.shape[-2:], gen)  # masks drawn first, then the noise, from one generator

@@ -126,13 +126,34 @@ def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
     assert not list(tmp.glob("*.partial"))
 
     # the same images at another crop are other degraded images: refused before anything runs
-    with pytest.raises(SystemExit, match=r"--merge .*wiener has no row for deblur k9 s7.65 on img0 \(32x32\)"):
+    with pytest.raises(SystemExit, match=r"--merge: wiener has no row for deblur k9 s7.65 on img0 \(32x32\)"):
         q.main(common + ["--crop", "32", "--methods", "tv", "--merge", str(first), "--out", str(tmp / "x.csv")])
     assert not (tmp / "x.csv").exists()
     bad = tmp / "bad.csv"
     bad.write_text("image,psnr\nimg0,20\n")
     with pytest.raises(SystemExit, match="not a CSV of benchmarks/quality.py"):
         q.main(common + ["--methods", "tv", "--merge", str(bad), "--out", str(tmp / "y.csv")])
+
+
+def test_runs_on_split_images_add_up(workspace):
+    """--start 0 --limit 1 and --start 1 give the same rows as one run on both images (same degraded images), and
+    a run on both images merges the two CSVs together, though neither covers all of its images alone."""
+    tmp, images, kernels = workspace
+    q = _load_quality()
+    common = ["--folder", str(images), "--kernels", str(kernels), "--tasks", "deblur", "--deblur-kernels", "9",
+              "--deblur-noises", "7.65", "--device", "cpu", "--threads", "1", "--tables", str(tmp / "t.md")]
+    q.main(common + ["--methods", "wiener", "--out", str(tmp / "all.csv")])
+    both = {r["image"]: float(r["psnr"]) for r in _read(tmp / "all.csv")}
+    q.main(common + ["--methods", "wiener", "--limit", "1", "--out", str(tmp / "a.csv")])
+    q.main(common + ["--methods", "wiener", "--start", "1", "--out", str(tmp / "b.csv")])
+    parts = {r["image"]: float(r["psnr"]) for f in ("a.csv", "b.csv") for r in _read(tmp / f)}
+    assert parts == both and len(parts) == 2
+    q.main(common + ["--methods", "tv", "--merge", str(tmp / "a.csv"), str(tmp / "b.csv"), "--out", str(tmp / "m.csv")])
+    assert {r["image"]: float(r["psnr"]) for r in _read(tmp / "m.csv") if r["method"] == "wiener"} == both
+    with pytest.raises(SystemExit, match=r"wiener has no row for deblur k9 s7.65 on img1 \(32x48\)"):
+        q.main(common + ["--methods", "tv", "--merge", str(tmp / "a.csv"), "--out", str(tmp / "n.csv")])
+    with pytest.raises(SystemExit, match="no images .* from --start 5"):
+        q.main(common + ["--methods", "tv", "--start", "5", "--out", str(tmp / "o.csv")])
 
 
 def test_pnp_bm3d_data_step_weighs_the_prior_by_lam():
