@@ -643,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                   + ", ".join(f"`{os.path.relpath(p, ROOT)}`" for p in args.merge) + ".", ""]
     if args.note:
         lines += [args.note, ""]
-    lines.append(tables(rows, methods + merged_methods))
+    lines.append(tables(rows, sorted(methods + merged_methods, key=METHODS.index)))  # one column order
     if written:
         lines += ["Figures (first image, kernel 9, noise 7.65): "
                   + ", ".join(f"`{os.path.relpath(w, ROOT)}`" for w in written), ""]
