@@ -567,6 +567,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     machine = machine_line(device)
     print(f"# {machine}\n# {command}", flush=True)
 
+    if args.start < 0 or (args.limit is not None and args.limit < 1):
+        raise SystemExit("error: --start must be >= 0 and --limit >= 1")
+    images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
+    if not images:
+        raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
+    settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise)
+    keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
+            for s in settings for _, name, full in images}
     methods = list(args.methods)
     prior = None
     if {"pnp-hvae", "adam"} & set(methods) or args.figures:
@@ -577,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     bm3d = load_bm3d() if "pnp-bm3d" in methods else None
     if "pnp-bm3d" in methods and bm3d is None:
         methods.remove("pnp-bm3d")
+    merged = merge_rows(args.merge, keys, methods)  # checked before anything runs
     if args.tune_bm3d and bm3d is not None:
         args.bm3d_lam = tune_bm3d(args, bm3d)
         print(f"# PnP-BM3D: lam = {args.bm3d_lam:g}", flush=True)
@@ -584,15 +593,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         args.tv_c = tune_tv(args)
         print(f"# TV: c = {args.tv_c:g}", flush=True)
 
-    if args.start < 0 or (args.limit is not None and args.limit < 1):
-        raise SystemExit("error: --start must be >= 0 and --limit >= 1")
-    images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
-    if not images:
-        raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
-    settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise)
-    keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
-            for s in settings for _, name, full in images}
-    merged = merge_rows(args.merge, keys, methods)  # checked before the run, not after it
     start, rows = time.perf_counter(), []
     for setting in settings:
         for idx, name, full in images:  # idx: index in the sorted folder
