@@ -5,7 +5,9 @@
 
 Protocol. Each clean image x (centre-cropped to ``--crop``, then to a multiple of the SR factor) is degraded
 synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries, no clipping and the
-generator ``torch.Generator().manual_seed(seed + image_index)`` (masks are drawn from it first, then the noise).
+generator ``torch.Generator().manual_seed(seed + image_index)`` (masks are drawn from it first, then the noise),
+image_index being the image's place in the sorted folder: runs on parts of a folder (``--start``, ``--limit``)
+degrade each image as one run on the whole would, and ``--merge`` joins their CSVs into one table.
 y is then cast to float32 and every method restores the SAME y with the SAME operator object.
 PSNR is on the full image (no border removed) of the estimate clamped to [0, 1] against the clean image;
 SSIM is torchmetrics' ``structural_similarity_index_measure(data_range=1)`` on the same tensors.
