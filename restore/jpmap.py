@@ -202,10 +202,10 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
     start = time.perf_counter()
     converged, k, decoded = False, 0, x
     guard = config.divergence_guard
-    if guard is not None:  # per image: smallest squared residual so far, its (x, G(z)), whether it stopped
+    stopped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # per image; stays False without a guard
+    if guard is not None:  # per image: smallest squared residual so far and its (x, G(z))
         best_mse = torch.full((x.shape[0],), math.inf, device=x.device, dtype=x.dtype)
         best_x, best_decoded = x.clone(), x.clone()
-        stopped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for k in range(1, config.max_iters + 1):
         decoded = decoder_step(x)
         x_new = operator.prox_l2(decoded, y, gamma)
@@ -228,10 +228,10 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
             callback(k, x)
         if k % config.check_every == 0 or k == config.max_iters:  # the one synchronisation every check_every
             done = per_image_mse.sqrt() < config.tol
-            if bool((done | stopped).all() if guard is not None else done.all()):
-                converged = bool((done & ~stopped).all()) if guard is not None else True
+            if bool((done | stopped).all()):
+                converged = bool((done & ~stopped).all())
                 break
     _records(history, residual_sq, data, coupling, times)
     estimate = x if config.return_estimate == "x" else decoded
-    diverged = int(stopped.sum()) if guard is not None else 0
-    return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start, diverged)
+    return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start,
+                         int(stopped.sum()))
