@@ -247,13 +247,15 @@ def test_two_processes_give_the_same_image(prior_path, clean, tmp_path):
     np.save(y_path, y[0].permute(1, 2, 0).numpy())
     script = tmp_path / "run_ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    # OMP_NUM_THREADS=1: Lightning keeps a thread count set in the environment, and the one-process run below
+    # uses 1 thread; the same thread count gives the same arithmetic
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), str(prior_path), str(y_path), str(tmp_path / "two" / "x.npy")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0_True", "rank1_False"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Lightning gives each of the 2 CPU processes 1 thread: same arithmetic
+    torch.set_num_threads(1)  # each of the 2 CPU processes has 1 thread: same arithmetic
     try:
         one = restore_tiled(y_path, op, prior_path, CONFIG, tmp_path / "one" / "x.npy", tile=48, halo=16,
                             tiles_per_batch=1)
