@@ -1,10 +1,21 @@
-"""Export the better of a checkpoint's EMA and raw weights, judged on the validation split.
+"""Export the best prior among checkpoints (EMA and raw weights of each), judged on the validation split.
 
-python benchmarks/pick_export.py CKPT DATA_FOLDER OUT.pt [--images 256] [--image-size 64]
+python benchmarks/pick_export.py CKPT [CKPT ...] DATA_FOLDER OUT.pt [--select restore|bpd] [--images 256]
+    [--image-size 64] [--restore-images 8] [--tasks blur sr inpaint] [--preset configs/restore/faces.yaml]
 
-For short runs (a CPU run of a thousand steps) an EMA whose horizon is a large part of the run still averages
-in the first, poor weights; this compares both on the same validation images (the data module's own split,
-fixed posterior-sample seed) and exports the one with the lower bits/dim, in half precision.
+Each checkpoint gives two candidates, its EMA and its raw weights (for short runs an EMA whose horizon is a large
+part of the run still averages in the first, poor weights). Both scores are printed for every candidate, on the
+data module's own validation split (never a test set):
+
+- bits/dim: the negative ELBO on ``--images`` validation images (fixed posterior-sample seed); lower is better.
+- restore: mean PSNR of JPMAP over ``--tasks`` on the first ``--restore-images`` validation images, each task
+  with the operator's entry of ``--preset`` (gamma, tau, iterations, returned estimate) and the face protocol's
+  degradation: blur with kernel 9 at noise 8, super-resolution x4 at noise 3, 50% random inpainting at noise 3
+  (0-255 scale; fixed noise and mask seed); higher is better.
+
+``--select`` picks the exported one (default restore). The two can disagree: a prior trained longer can reach a
+better bits/dim and restore worse (its latents carry more of the degraded input; BENCHMARKS.md, "The face prior
+trained longer"), so a restoration prior is chosen by its restoration score. The export is half precision.
 """
 
 from __future__ import annotations
@@ -12,42 +23,135 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from data.faces import FaceDataModule  # noqa: E402
 from hvae.config import HVAEConfig  # noqa: E402
-from hvae.export import export_prior  # noqa: E402
+from hvae.export import export_prior, unreadable_checkpoint  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
+from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
+from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
+                               random_mask, sigma_from_255)
+from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
+
+TASKS = ("blur", "sr", "inpaint")
+NOISE255 = {"blur": 8.0, "sr": 3.0, "inpaint": 3.0}  # the faces protocol's noise levels
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("ckpt")
-    p.add_argument("data")
-    p.add_argument("out")
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=64)
-    args = p.parse_args()
-    ck = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # "CKPT (ema|model weights)"
+    model: HierarchicalVAE
+    bits_per_dim: float
+    restore_psnr: float
+
+
+def load_weights(path: Path) -> list[tuple[str, HVAEConfig, dict[str, Tensor], int]]:
+    """(label, config, state, step) for the EMA and the raw weights of a checkpoint written by train.py."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"error: checkpoint {path} not found") from None
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a (safe) checkpoint
+        raise SystemExit(f"error: {unreadable_checkpoint(path, err)}") from None
+    if not isinstance(ck, dict) or "hvae_config" not in ck or "state_dict" not in ck:
+        raise SystemExit(f"error: {path} is not a training checkpoint of train.py (no hvae_config/state_dict); "
+                         "pass the .ckpt files under runs/.../checkpoints")
     cfg = HVAEConfig.from_dict(ck["hvae_config"])
+    out = []
+    for prefix in ("ema.", "model."):
+        state = {k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            out.append((prefix[:-1], cfg, state, int(ck.get("global_step", -1))))
+    return out
+
+
+def restoration_problems(clean: Tensor, tasks: list[str], kernels: Path, presets: dict) -> list[tuple]:
+    """(task, operator, y, JPMAPConfig) per task, degraded with a fixed seed; clean: [N, C, H, W] in [0, 1]."""
+    h, w = clean.shape[-2:]
+    out = []
+    for task in tasks:
+        sigma = sigma_from_255(NOISE255[task])
+        gen = torch.Generator().manual_seed(0)
+        if task == "blur":
+            op = Blur(load_kernel(kernels / "9.npy"), sigma)
+        elif task == "sr":
+            op = SuperResolution(gaussian_kernel(2.0), 4, sigma)
+        else:
+            op = Inpainting(random_mask(h, w, 0.5, generator=gen), sigma)
+        v = preset_for(presets, task, NOISE255[task])
+        tau, tau_end = parse_tau(v["tau"])
+        cfg = JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end, max_iters=int(v["iterations"]),
+                          return_estimate=v["return"])
+        out.append((task, op, op.degrade(clean.double(), gen).float(), cfg))
+    return out
+
+
+@torch.no_grad()
+def score(model: HierarchicalVAE, val: Tensor, clean: Tensor, problems: list[tuple]) -> tuple[float, float]:
+    """(bits/dim on val, mean PSNR over the restoration problems on clean)."""
+    nats = torch.cat([model.elbo(b, torch.Generator().manual_seed(0)).nats_per_dim for b in val.split(64)])
+    psnrs = []
+    for _, op, y, cfg in problems:
+        est = jpmap(y, op, model, cfg).estimate.clamp(0, 1)
+        psnrs.append(float((-10 * torch.log10(((est - clean) ** 2).flatten(1).mean(1))).mean()))
+    return float(nats.mean()) / math.log(2), sum(psnrs) / len(psnrs)
+
+
+def main(argv: list[str] | None = None) -> Candidate:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("ckpt", nargs="+", type=Path, help="training checkpoints (.ckpt of train.py)")
+    p.add_argument("data", type=Path, help="the training image folder (its validation split is used)")
+    p.add_argument("out", type=Path, help="the export to write (prior.pt)")
+    p.add_argument("--select", choices=("restore", "bpd"), default="restore")
+    p.add_argument("--images", type=int, default=256, help="validation images for bits/dim")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--restore-images", type=int, default=8, help="validation images for the restoration score")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--preset", type=Path, default=ROOT / "configs/restore/faces.yaml")
+    p.add_argument("--kernels", type=Path, default=ROOT.parent / "shared/data/kernels")
+    args = p.parse_args(argv)
+    if args.images < 1 or args.restore_images < 1:
+        raise SystemExit("error: --images and --restore-images must be >= 1")
+    if args.out.suffix == ".ckpt" or args.out in args.ckpt:
+        raise SystemExit(f"error: the output {args.out} would overwrite a checkpoint; name a new .pt file")
+    try:
+        presets = read_presets(args.preset)
+    except PresetError as err:
+        raise SystemExit(f"error: --preset: {err}") from None
+    if "blur" in args.tasks and not (args.kernels / "9.npy").is_file():
+        raise SystemExit(f"error: blur kernel {args.kernels / '9.npy'} not found; pass --kernels or drop blur from --tasks")
+    weights = [(path, *w) for path in args.ckpt for w in load_weights(path)]  # every checkpoint read before work
     dm = FaceDataModule(args.data, image_size=args.image_size, batch_size=32)
     dm.setup("fit")
-    val = torch.stack([dm.val_set[i] for i in range(min(args.images, len(dm.val_set)))])
-    best = None
-    for prefix in ("ema.", "model."):
+    n = min(args.images, len(dm.val_set))
+    val = torch.stack([dm.val_set[i] for i in range(n)])
+    clean = val[: args.restore_images]
+    problems = restoration_problems(clean, args.tasks, args.kernels, presets)
+    print(f"# {n} validation images for bits/dim; {len(clean)} for the restoration score ({', '.join(args.tasks)}; "
+          f"presets {args.preset})")
+    best: Candidate | None = None
+    for path, label, cfg, state, step in weights:
         model = HierarchicalVAE(cfg).eval()
-        model.load_state_dict({k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)})
-        with torch.no_grad():
-            nats = torch.cat([model.elbo(b, torch.Generator().manual_seed(0)).nats_per_dim for b in val.split(64)])
-        bpd = float(nats.mean()) / math.log(2)
-        print(f"{prefix[:-1]} weights: {bpd:.3f} bits/dim on {len(val)} validation images (step {ck['global_step']})")
-        if best is None or bpd < best[0]:
-            best = (bpd, prefix, model)
-    export_prior(best[2], args.out, half=True)
-    print(f"exported the {best[1][:-1]} weights to {args.out}: {best[0]:.3f} bits/dim")
+        model.load_state_dict(state)
+        bpd, restore_psnr = score(model, val, clean, problems)
+        cand = Candidate(f"{path} ({label} weights, step {step})", model, bpd, restore_psnr)
+        print(f"{cand.name}: {bpd:.3f} bits/dim, restoration {restore_psnr:.2f} dB", flush=True)
+        better = (best is None or (restore_psnr > best.restore_psnr if args.select == "restore"
+                                   else bpd < best.bits_per_dim))
+        best = cand if better else best
+    export_prior(best.model, args.out, half=True, meta={"selected_by": args.select, "source": best.name,
+                                                        "bits_per_dim": best.bits_per_dim,
+                                                        "restore_psnr": best.restore_psnr})
+    print(f"exported {best.name} to {args.out} (selected by {args.select}): {best.bits_per_dim:.3f} bits/dim, "
+          f"restoration {best.restore_psnr:.2f} dB")
+    return best
 
 
 if __name__ == "__main__":

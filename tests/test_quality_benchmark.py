@@ -1,9 +1,7 @@
 """benchmarks/quality.py on two tiny synthetic images (no shared data): CSV and tables with finite numbers."""
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,6 @@ from restore.operators import gaussian_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIOR = ROOT / "priors" / "natural.pt"
-
-
-def _load_quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -50,9 +40,9 @@ def _read(path):
 
 
 @pytest.mark.skipif(not PRIOR.is_file(), reason="needs the shipped prior priors/natural.pt")
-def test_quality_main_writes_csv_and_tables(workspace):
+def test_quality_main_writes_csv_and_tables(workspace, load_benchmark):
     tmp, images, kernels = workspace
-    q = _load_quality()
+    q = load_benchmark("quality")
     out, tables = tmp / "q.csv", tmp / "t.md"
     rows = q.main(["--folder", str(images), "--kernels", str(kernels), "--prior", str(PRIOR), "--tasks", "deblur",
                    "--deblur-kernels", "9", "--deblur-noises", "7.65", "--methods", "pnp-hvae", "adam", "wiener", "tv",
@@ -73,9 +63,9 @@ def test_quality_main_writes_csv_and_tables(workspace):
     assert "nan" not in text
 
 
-def test_other_tasks_and_adam_recording(workspace, tiny_model):
+def test_other_tasks_and_adam_recording(workspace, tiny_model, load_benchmark):
     tmp, images, kernels = workspace
-    q = _load_quality()
+    q = load_benchmark("quality")
     out = tmp / "o.csv"
     q.main(["--folder", str(images), "--kernels", str(kernels), "--tasks", "sr2", "sr4", "inpaint_random",
             "inpaint_boxes", "--methods", "wiener", "--device", "cpu", "--threads", "1",
@@ -97,17 +87,17 @@ def test_other_tasks_and_adam_recording(workspace, tiny_model):
     assert torch.equal(seen[-1], r.x)
 
 
-def test_pil_plot_fallback(tmp_path):
-    q = _load_quality()
+def test_pil_plot_fallback(tmp_path, load_benchmark):
+    q = load_benchmark("quality")
     path = tmp_path / "p.png"
     q._pil_plot(path, {"a": ([1, 2, 3], [1.0, 0.1, 0.01]), "b": ([1, 2], [0.5, 0.2])}, "t", "x", "y", True)
     from PIL import Image
     assert Image.open(path).size == (600, 400)
 
 
-def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
+def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace, load_benchmark):
     tmp, images, kernels = workspace
-    q = _load_quality()
+    q = load_benchmark("quality")
     common = ["--folder", str(images), "--kernels", str(kernels), "--tasks", "deblur", "--deblur-kernels", "9",
               "--deblur-noises", "7.65", "--device", "cpu", "--threads", "1"]
     first = tmp / "wiener.csv"
@@ -135,11 +125,11 @@ def test_merge_joins_an_earlier_run_and_refuses_a_mismatch(workspace):
         q.main(common + ["--methods", "tv", "--merge", str(bad), "--out", str(tmp / "y.csv")])
 
 
-def test_runs_on_split_images_add_up(workspace):
+def test_runs_on_split_images_add_up(workspace, load_benchmark):
     """--start 0 --limit 1 and --start 1 give the same rows as one run on both images (same degraded images), and
     a run on both images merges the two CSVs together, though neither covers all of its images alone."""
     tmp, images, kernels = workspace
-    q = _load_quality()
+    q = load_benchmark("quality")
     common = ["--folder", str(images), "--kernels", str(kernels), "--tasks", "deblur", "--deblur-kernels", "9",
               "--deblur-noises", "7.65", "--device", "cpu", "--threads", "1", "--tables", str(tmp / "t.md")]
     q.main(common + ["--methods", "wiener", "--out", str(tmp / "all.csv")])
@@ -156,10 +146,10 @@ def test_runs_on_split_images_add_up(workspace):
         q.main(common + ["--methods", "tv", "--start", "5", "--out", str(tmp / "o.csv")])
 
 
-def test_pnp_bm3d_data_step_weighs_the_prior_by_lam():
+def test_pnp_bm3d_data_step_weighs_the_prior_by_lam(load_benchmark):
     """With a shrinking 'denoiser' D(x) = x / 2 on denoising, each HQS step is the weighted mean
     x_k = (y / sigma^2 + lam z_{k-1} / s_k^2) / (1 / sigma^2 + lam / s_k^2), z_k = x_k / 2."""
-    q = _load_quality()
+    q = load_benchmark("quality")
     from restore.operators import Denoising
     op = Denoising(0.1)
     y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
