@@ -200,7 +200,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
 
 
-def _solver_config(args: argparse.Namespace):
+def solver_config(args: argparse.Namespace):
+    """The JPMAPConfig (``--method jpmap``) or AdamConfig of parsed restore.py arguments, gamma given on 0-255."""
     try:
         tau, tau_end = parse_tau(args.tau)
     except PresetError as err:
@@ -247,7 +248,7 @@ def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int,
 def run(args: argparse.Namespace) -> dict:
     """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json."""
     _validate(args)
-    cfg = _solver_config(args)
+    cfg = solver_config(args)
     device = pick_device(args.device)
     sigma = sigma_from_255(args.noise_std)
     prior = load_prior(args.prior, map_location=device)

@@ -16,7 +16,7 @@ from data.images import write_image
 from hvae.export import PriorError, load_prior
 
 from .baselines import tikhonov
-from .cli import UsageError, _solver_config, apply_preset, build_parser
+from .cli import UsageError, apply_preset, build_parser, solver_config
 from .jpmap import JPMAPConfig, jpmap
 from .operators import Blur, motion_kernel, sigma_from_255
 
@@ -30,7 +30,7 @@ def demo_config(max_iters: int | None = None) -> JPMAPConfig:
     args = build_parser().parse_args(["--operator", "blur", "--noise-std", str(NOISE_255)])
     apply_preset(args)
     args.iterations = max_iters or args.iterations
-    return _solver_config(args)
+    return solver_config(args)
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
