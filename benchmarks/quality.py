@@ -79,7 +79,7 @@ from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation 
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
-                               random_mask, sigma_from_255)
+                               random_box_mask, random_mask, sigma_from_255)
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {  # name -> (default folder, default prior, default preset)
@@ -126,21 +126,10 @@ def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequ
                                lambda h, w, g: Inpainting(random_mask(h, w, 0.5, generator=g), sigma_from_255(2.55))))
         elif task == "inpaint_boxes":
             out.append(Setting(task, "3 boxes s2.55", 2.55, "", 1,
-                               lambda h, w, g: Inpainting(random_boxes(h, w, g), sigma_from_255(2.55))))
+                               lambda h, w, g: Inpainting(random_box_mask(h, w, g), sigma_from_255(2.55))))
         else:
             raise SystemExit(f"unknown task {task!r}; use some of {', '.join(TASKS)}")
     return out
-
-
-def random_boxes(height: int, width: int, generator: torch.Generator, count: int = 3, frac: float = 0.2) -> Tensor:
-    """[1, H, W] mask with ``count`` missing squares of side round(frac * min(H, W)) at random positions."""
-    side = max(1, round(frac * min(height, width)))
-    mask = torch.ones(1, height, width)
-    for _ in range(count):
-        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
-        mask[:, top:top + side, left:left + side] = 0
-    return mask
 
 
 def centre_crop(x: Tensor, size: int | None, multiple: int = 1) -> Tensor:

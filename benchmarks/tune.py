@@ -22,7 +22,7 @@ from hvae.export import load_prior  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
 from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
-                               random_mask, sigma_from_255)
+                               random_box_mask, random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOISE = {"blur": 7.65, "denoise": 25.0, "sr": 3.0, "inpaint": 3.0}  # 0-255 scale
 
 
-def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2):
+def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2, mask: str = "random"):
     g = torch.Generator().manual_seed(0)
     sigma = sigma_from_255(noise255)
     if task == "blur":
@@ -39,6 +39,8 @@ def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor
         return Denoising(sigma)
     if task == "sr":
         return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma)
+    if mask == "boxes":  # as benchmarks/quality.py's inpaint_boxes: 3 squares of a fifth of the side
+        return Inpainting(random_box_mask(size, size, g), sigma)
     return Inpainting(random_mask(size, size, 0.5, generator=g), sigma)
 
 
@@ -62,6 +64,8 @@ def main() -> None:
                                                 "inpaint 3; faces blur: 8)")
     p.add_argument("--kernel-ids", nargs="+", default=["9"], help="blur kernels (files KERNELS/<id>.npy)")
     p.add_argument("--sr-factor", type=int, default=2, help="sr task factor (faces: 4)")
+    p.add_argument("--mask", choices=["random", "boxes"], default="random",
+                   help="inpaint task: 50%% random pixels or 3 random boxes")
     p.add_argument("--divergence-guard", type=float, default=4.0, help="JPMAPConfig.divergence_guard (0: off)")
     args = p.parse_args()
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
@@ -76,7 +80,7 @@ def main() -> None:
     kernels = [Path(args.kernels) / f"{k}.npy" for k in (args.kernel_ids if args.task == "blur" else ["-"])]
     problems = []  # (operator, y) per kernel
     for kernel in kernels:
-        op = task_operator(args.task, s, kernel, noise, args.sr_factor)
+        op = task_operator(args.task, s, kernel, noise, args.sr_factor, args.mask)
         problems.append((op, op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()))
     prior = load_prior(args.prior)
     where = f", kernels {' '.join(args.kernel_ids)}" if args.task == "blur" else ""

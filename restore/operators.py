@@ -408,6 +408,18 @@ def box_mask(height: int, width: int, boxes: list[tuple[int, int, int, int]]) ->
     return m
 
 
+def random_box_mask(height: int, width: int, generator: torch.Generator | None = None, count: int = 3,
+                    frac: float = 0.2) -> Tensor:
+    """[1, H, W] mask with ``count`` missing squares of side round(frac * min(H, W)) at random positions."""
+    side = max(1, round(frac * min(height, width)))
+    boxes = []
+    for _ in range(count):
+        top = int(torch.randint(0, height - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
+        boxes.append((top, left, side, side))
+    return box_mask(height, width, boxes)
+
+
 def load_mask(path: str | Path) -> Tensor:
     """Load a mask: image file (grey pixels > 0.5 observed) or .npy array of values in [0, 1]."""
     arr = _read_array(path, "mask")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from restore.operators import (
     OPERATORS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
-    load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255, validate_kernel,
+    load_kernel, load_mask, motion_kernel, random_box_mask, random_mask, sigma_from_255, validate_kernel,
 )
 
 DT = torch.float64
@@ -154,6 +154,19 @@ def test_init_shapes_and_inpainting_fill():
     assert x0.min() >= x.min() and x0.max() <= x.max()  # a weighted mean of observed pixels
     flat = torch.full((1, 3, 8, 10), 0.3)
     assert torch.allclose(op.init(op.A(flat)), flat)  # a constant image is filled exactly
+
+
+def test_random_box_mask_is_squares_drawn_from_the_generator():
+    m = random_box_mask(40, 50, _gen(3), count=3, frac=0.2)  # side round(0.2 * 40) = 8
+    assert m.shape == (1, 40, 50) and set(m.unique().tolist()) == {0.0, 1.0}
+    missing = int((m == 0).sum())
+    assert 64 <= missing <= 3 * 64  # three 8x8 squares, possibly overlapping
+    assert torch.equal(random_box_mask(40, 50, _gen(3), count=3, frac=0.2), m)
+    assert not torch.equal(random_box_mask(40, 50, _gen(4), count=3, frac=0.2), m)
+    one = random_box_mask(40, 50, _gen(5), count=1, frac=0.2)
+    rows, cols = (one[0] == 0).nonzero(as_tuple=True)
+    top, left = int(rows.min()), int(cols.min())
+    assert torch.equal(one, box_mask(40, 50, [(top, left, 8, 8)]))
 
 
 def test_inpainting_init_interpolates_locally_and_falls_back_far_from_observations():
