@@ -69,8 +69,11 @@ def test_bad_checkpoint_is_refused_and_nothing_written(workspace, capsys, load_b
     junk.write_bytes(b"not a checkpoint")
     out = tmp_path / "prior.pt"
     with pytest.raises(SystemExit) as e:
-        pick.main([str(ckpts[0]), str(junk), str(faces), str(out), "--image-size", "16"])
+        pick.main([str(ckpts[0]), str(junk), str(faces), str(out), "--image-size", "16", "--tasks", "sr", "inpaint"])
     assert "junk.ckpt" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:  # blur needs kernel 9
+        pick.main([str(ckpts[0]), str(faces), str(out), "--image-size", "16", "--kernels", str(tmp_path)])
+    assert "9.npy" in str(e.value) and "--kernels" in str(e.value)
     with pytest.raises(SystemExit) as e:
         pick.main([str(ckpts[0]), str(faces), str(ckpts[1]), "--image-size", "16"])  # would overwrite a checkpoint
     assert "overwrite" in str(e.value)
