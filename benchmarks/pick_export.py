@@ -1,11 +1,13 @@
 """Export the best prior among checkpoints (EMA and raw weights of each), judged on the validation split.
 
-python benchmarks/pick_export.py CKPT [CKPT ...] DATA_FOLDER OUT.pt [--select restore|bpd] [--images 256]
-    [--image-size 64] [--restore-images 8] [--tasks blur sr inpaint] [--preset configs/restore/faces.yaml]
+python benchmarks/pick_export.py CKPT [CKPT ...] DATA_FOLDER OUT.pt [--select restore|bpd] [--kind faces|patches]
+    [--images 256] [--image-size 64] [--restore-images 8] [--tasks blur sr inpaint] [--preset PRESETS.yaml]
 
 Each checkpoint gives two candidates, its EMA and its raw weights (for short runs an EMA whose horizon is a large
 part of the run still averages in the first, poor weights). Both scores are printed for every candidate, on the
-data module's own validation split (never a test set):
+data module's own validation split (never a test set): ``--kind faces`` (FaceDataModule: whole images resized to
+``--image-size``, as configs/faces*.yaml) or ``--kind patches`` (PatchDataModule: fixed ``--image-size`` patches,
+as configs/natural.yaml), with the training config's ``--val-fraction`` (0.05 in the shipped configs):
 
 - bits/dim: the negative ELBO on ``--images`` validation images (fixed posterior-sample seed); lower is better.
 - restore: mean PSNR of JPMAP over ``--tasks`` on the first ``--restore-images`` validation images, each task
@@ -32,6 +34,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data.faces import FaceDataModule  # noqa: E402
+from data.patches import PatchDataModule  # noqa: E402
 from hvae.config import HVAEConfig  # noqa: E402
 from hvae.export import export_prior, unreadable_checkpoint  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
@@ -110,17 +113,21 @@ def main(argv: list[str] | None = None) -> Candidate:
     p.add_argument("data", type=Path, help="the training image folder (its validation split is used)")
     p.add_argument("out", type=Path, help="the export to write (prior.pt)")
     p.add_argument("--select", choices=("restore", "bpd"), default="restore")
+    p.add_argument("--kind", choices=("faces", "patches"), default="faces", help="the training data module")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="the training config's val_fraction")
     p.add_argument("--images", type=int, default=256, help="validation images for bits/dim")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--restore-images", type=int, default=8, help="validation images for the restoration score")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    p.add_argument("--preset", type=Path, default=ROOT / "configs/restore/faces.yaml")
+    p.add_argument("--preset", type=Path, help="restoration presets (default configs/restore/faces.yaml, "
+                   "natural.yaml for --kind patches)")
     p.add_argument("--kernels", type=Path, default=ROOT.parent / "shared/data/kernels")
     args = p.parse_args(argv)
     if args.images < 1 or args.restore_images < 1:
         raise SystemExit("error: --images and --restore-images must be >= 1")
     if args.out.suffix == ".ckpt" or args.out in args.ckpt:
         raise SystemExit(f"error: the output {args.out} would overwrite a checkpoint; name a new .pt file")
+    args.preset = args.preset or ROOT / "configs/restore" / ("faces.yaml" if args.kind == "faces" else "natural.yaml")
     try:
         presets = read_presets(args.preset)
     except PresetError as err:
@@ -128,7 +135,11 @@ def main(argv: list[str] | None = None) -> Candidate:
     if "blur" in args.tasks and not (args.kernels / "9.npy").is_file():
         raise SystemExit(f"error: blur kernel {args.kernels / '9.npy'} not found; pass --kernels or drop blur from --tasks")
     weights = [(path, *w) for path in args.ckpt for w in load_weights(path)]  # every checkpoint read before work
-    dm = FaceDataModule(args.data, image_size=args.image_size, batch_size=32)
+    if args.kind == "faces":
+        dm = FaceDataModule(args.data, image_size=args.image_size, batch_size=32, val_fraction=args.val_fraction)
+    else:
+        dm = PatchDataModule(str(args.data), patch_size=args.image_size, batch_size=32, val_fraction=args.val_fraction,
+                             val_samples=args.images)
     dm.setup("fit")
     n = min(args.images, len(dm.val_set))
     val = torch.stack([dm.val_set[i] for i in range(n)])

@@ -33,19 +33,22 @@ def workspace(tmp_path, tiny_config):
     return tmp_path, faces, ckpts
 
 
-@pytest.mark.parametrize("select", ["restore", "bpd"])
-def test_exports_the_best_candidate(workspace, select, load_benchmark):
+@pytest.mark.parametrize("select, kind", [("restore", "faces"), ("bpd", "faces"), ("restore", "patches")])
+def test_exports_the_best_candidate(workspace, select, kind, load_benchmark):
     tmp_path, faces, ckpts = workspace
     pick = load_benchmark("pick_export")
     out = tmp_path / f"{select}.pt"
     common = [*map(str, ckpts), str(faces), str(out), "--image-size", "16", "--images", "8", "--restore-images", "2",
-              "--tasks", "sr", "inpaint"]
+              "--tasks", "sr", "inpaint", "--kind", kind]
     best = pick.main(common + ["--select", select])
     # every candidate scored the same way, independently of main
-    dm = pick.FaceDataModule(faces, image_size=16, batch_size=32)
+    if kind == "faces":  # whole images resized to 16x16
+        dm = pick.FaceDataModule(faces, image_size=16, batch_size=32, val_fraction=0.05)
+    else:  # fixed 16x16 patches
+        dm = pick.PatchDataModule(str(faces), patch_size=16, batch_size=32, val_fraction=0.05, val_samples=8)
     dm.setup("fit")
     val = torch.stack([dm.val_set[i] for i in range(min(8, len(dm.val_set)))])
-    presets = pick.read_presets(pick.ROOT / "configs/restore/faces.yaml")
+    presets = pick.read_presets(pick.ROOT / "configs/restore" / ("faces.yaml" if kind == "faces" else "natural.yaml"))
     problems = pick.restoration_problems(val[:2], ["sr", "inpaint"], tmp_path, presets)
     scores = []
     for path in ckpts:
