@@ -25,8 +25,10 @@ Methods (``--methods``):
   pnp-hvae  restore.jpmap.jpmap with the operator's preset from ``--preset`` (configs/restore/natural.yaml:
             gamma on the 0-255 scale, tau, iterations, return x|decoded); ``--gamma/--tau/--iters/--return``
             override it
+            (``--precision bf16``, ``--channels-last``, ``--compile``: the GPU fast path, for checking that it
+            restores as well as fp32 on the same degraded images)
   adam      restore.baselines.adam_joint: Adam on J(x, z) with the same gamma, tau and returned estimate,
-            lr ``--adam-lr`` (1e-2), ``--adam-iters`` (200) iterations
+            lr ``--adam-lr`` (1e-2), ``--adam-iters`` (200) iterations (``--precision`` too)
   wiener    restore.baselines.tikhonov with a fixed gradient std ``--wiener-grad-std`` = 0.1
   tv        restore.baselines.total_variation with lam = c * sigma (sigma on the [0, 1] scale), c = ``--tv-c``
             (default 0.1, chosen with ``--tune-tv``: a grid of c on 2 validation crops of the training folder,
@@ -220,9 +222,11 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
                bm3d) -> tuple[Tensor, int]:
     if method in ("pnp-hvae", "adam"):
         hv = hvae_settings(args, setting.task, setting.noise255)
-        common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
+        common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"],
+                      precision=args.precision)
         if method == "pnp-hvae":
-            r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), **common))
+            r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), channels_last=args.channels_last,
+                                                compile=args.compile, **common))
         else:
             r = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
         return r.estimate, r.iterations
@@ -514,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", help="override the preset's tau (value, comma list or START:END)")
     p.add_argument("--iters", type=int, help="override the preset's JPMAP iterations")
     p.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], help="override the preset's return")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="network passes of pnp-hvae and adam (bf16 autocast; data steps stay fp32): bf16 is for GPUs")
+    p.add_argument("--channels-last", action="store_true", help="pnp-hvae network passes in NHWC (GPU fast path)")
+    p.add_argument("--compile", action="store_true", help="torch.compile pnp-hvae's z-step (GPU fast path)")
     p.add_argument("--adam-iters", type=int, default=200)
     p.add_argument("--adam-lr", type=float, default=1e-2)
     p.add_argument("--wiener-grad-std", type=float, default=0.1)
@@ -617,9 +625,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
             f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
+    fast = "".join([f", {args.precision}", ", channels_last" * args.channels_last, ", compiled" * args.compile])
     settings_of = {  # the settings line describes only what this run computed (merged methods: their own run)
-        "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()),
-        "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return",
+        "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()) + fast,
+        "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return, {args.precision}",
         "wiener": f"wiener grad std {args.wiener_grad_std:g}",
         "tv": f"tv lam = {args.tv_c:g} * sigma",
         "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}"}

@@ -87,6 +87,24 @@ def test_other_tasks_and_adam_recording(workspace, tiny_model, load_benchmark):
     assert torch.equal(seen[-1], r.x)
 
 
+def test_bf16_fast_path_restores_like_fp32(workspace, tiny_model, load_benchmark):
+    """--precision bf16 --channels-last reaches JPMAP (the settings line says so) and restores about as fp32 does."""
+    from hvae.export import export_prior
+    tmp, images, kernels = workspace
+    q = load_benchmark("quality")
+    prior = export_prior(tiny_model, tmp / "tiny.pt", half=False)
+    common = ["--folder", str(images), "--kernels", str(kernels), "--prior", str(prior), "--tasks", "deblur",
+              "--deblur-kernels", "9", "--deblur-noises", "7.65", "--methods", "pnp-hvae", "--iters", "3",
+              "--device", "cpu", "--threads", "1"]
+    fp32 = q.main(common + ["--out", str(tmp / "fp32.csv"), "--tables", str(tmp / "fp32.md")])
+    bf16 = q.main(common + ["--precision", "bf16", "--channels-last", "--out", str(tmp / "bf16.csv"),
+                            "--tables", str(tmp / "bf16.md")])
+    assert "bf16, channels_last" in (tmp / "bf16.md").read_text() and "fp32" in (tmp / "fp32.md").read_text()
+    assert [r["image"] for r in fp32] == [r["image"] for r in bf16]
+    for a, b in zip(fp32, bf16):
+        assert a["psnr"] != b["psnr"] and abs(a["psnr"] - b["psnr"]) < 0.5, (a["psnr"], b["psnr"])
+
+
 def test_pil_plot_fallback(tmp_path, load_benchmark):
     q = load_benchmark("quality")
     path = tmp_path / "p.png"
