@@ -65,7 +65,7 @@ def test_exports_the_best_candidate(workspace, select, kind, load_benchmark):
         assert torch.equal(exported.state_dict()[k], v.half().float()), k
 
 
-def test_bad_checkpoint_is_refused_and_nothing_written(workspace, capsys, load_benchmark):
+def test_bad_checkpoint_is_refused_and_nothing_written(workspace, load_benchmark):
     tmp_path, faces, ckpts = workspace
     pick = load_benchmark("pick_export")
     junk = tmp_path / "junk.ckpt"
