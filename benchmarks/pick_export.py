@@ -11,9 +11,10 @@ as configs/natural.yaml), with the training config's ``--val-fraction`` (0.05 in
 
 - bits/dim: the negative ELBO on ``--images`` validation images (fixed posterior-sample seed); lower is better.
 - restore: mean PSNR of JPMAP over ``--tasks`` on the first ``--restore-images`` validation images, each task
-  with the operator's entry of ``--preset`` (gamma, tau, iterations, returned estimate) and the face protocol's
-  degradation: blur with kernel 9 at noise 8, super-resolution x4 at noise 3, 50% random inpainting at noise 3
-  (0-255 scale; fixed noise and mask seed); higher is better.
+  with the operator's entry of ``--preset`` (gamma, tau, iterations, returned estimate); faces: the face
+  protocol's blur with kernel 9 at noise 8, super-resolution x4 at noise 3, 50% random inpainting at noise 3;
+  patches: the natural presets' tuning problems, blur kernel 9 at noise 7.65, SR x2 at noise 3, inpainting at
+  noise 3 (0-255 scale; fixed noise and mask seed); higher is better.
 
 ``--select`` picks the exported one (default restore). The two can disagree: a prior trained longer can reach a
 better bits/dim and restore worse (its latents carry more of the degraded input; BENCHMARKS.md, "The face prior
@@ -44,7 +45,10 @@ from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kerne
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 
 TASKS = ("blur", "sr", "inpaint")
-NOISE255 = {"blur": 8.0, "sr": 3.0, "inpaint": 3.0}  # the faces protocol's noise levels
+# per --kind: noise std (0-255) of each task, and the SR factor (faces: the faces protocol; patches: the natural
+# presets' tuning problems, benchmarks/tune.py's defaults)
+NOISE255 = {"faces": {"blur": 8.0, "sr": 3.0, "inpaint": 3.0}, "patches": {"blur": 7.65, "sr": 3.0, "inpaint": 3.0}}
+SR_FACTOR = {"faces": 4, "patches": 2}
 
 
 @dataclass(frozen=True)
@@ -75,20 +79,23 @@ def load_weights(path: Path) -> list[tuple[str, HVAEConfig, dict[str, Tensor], i
     return out
 
 
-def restoration_problems(clean: Tensor, tasks: list[str], kernels: Path, presets: dict) -> list[tuple]:
+def restoration_problems(clean: Tensor, tasks: list[str], kernels: Path, presets: dict,
+                         kind: str = "faces") -> list[tuple]:
     """(task, operator, y, JPMAPConfig) per task, degraded with a fixed seed; clean: [N, C, H, W] in [0, 1]."""
     h, w = clean.shape[-2:]
     out = []
     for task in tasks:
-        sigma = sigma_from_255(NOISE255[task])
+        noise255 = NOISE255[kind][task]
+        sigma = sigma_from_255(noise255)
         gen = torch.Generator().manual_seed(0)
         if task == "blur":
             op = Blur(load_kernel(kernels / "9.npy"), sigma)
         elif task == "sr":
-            op = SuperResolution(gaussian_kernel(2.0), 4, sigma)
+            factor = SR_FACTOR[kind]
+            op = SuperResolution(gaussian_kernel(0.5 * factor), factor, sigma)
         else:
             op = Inpainting(random_mask(h, w, 0.5, generator=gen), sigma)
-        v = preset_for(presets, task, NOISE255[task])
+        v = preset_for(presets, task, noise255)
         tau, tau_end = parse_tau(v["tau"])
         cfg = JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end, max_iters=int(v["iterations"]),
                           return_estimate=v["return"])
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> Candidate:
     n = min(args.images, len(dm.val_set))
     val = torch.stack([dm.val_set[i] for i in range(n)])
     clean = val[: args.restore_images]
-    problems = restoration_problems(clean, args.tasks, args.kernels, presets)
+    problems = restoration_problems(clean, args.tasks, args.kernels, presets, args.kind)
     print(f"# {n} validation images for bits/dim; {len(clean)} for the restoration score ({', '.join(args.tasks)}; "
           f"presets {args.preset})")
     best: Candidate | None = None

@@ -49,7 +49,7 @@ def test_exports_the_best_candidate(workspace, select, kind, load_benchmark):
     dm.setup("fit")
     val = torch.stack([dm.val_set[i] for i in range(min(8, len(dm.val_set)))])
     presets = pick.read_presets(pick.ROOT / "configs/restore" / ("faces.yaml" if kind == "faces" else "natural.yaml"))
-    problems = pick.restoration_problems(val[:2], ["sr", "inpaint"], tmp_path, presets)
+    problems = pick.restoration_problems(val[:2], ["sr", "inpaint"], tmp_path, presets, kind)
     scores = []
     for path in ckpts:
         for label, cfg, state, _ in pick.load_weights(path):
