@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from hvae.export import load_prior  # noqa: E402
+from restore.baselines import tikhonov  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
 from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
@@ -48,7 +49,7 @@ def psnr(x, ref):
     return float((-10 * torch.log10(((x.clamp(0, 1) - ref) ** 2).flatten(1).mean(1))).mean())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", choices=["blur", "denoise", "sr", "inpaint"], default="blur")
     p.add_argument("--folder", default=str(ROOT.parent / "shared/data/train/natural-CBSD432"))
@@ -67,7 +68,9 @@ def main() -> None:
     p.add_argument("--mask", choices=["random", "boxes"], default="random",
                    help="inpaint task: 50%% random pixels or 3 random boxes")
     p.add_argument("--divergence-guard", type=float, default=4.0, help="JPMAPConfig.divergence_guard (0: off)")
-    args = p.parse_args()
+    p.add_argument("--start", choices=["init", "wiener"], default="init",
+                   help="x_0: the operator's init (default) or the Wiener/Tikhonov estimate (grad std 0.1)")
+    args = p.parse_args(argv)
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
     s = args.size
     crops = []
@@ -81,19 +84,24 @@ def main() -> None:
     problems = []  # (operator, y) per kernel
     for kernel in kernels:
         op = task_operator(args.task, s, kernel, noise, args.sr_factor, args.mask)
-        problems.append((op, op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()))
+        y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
+        wiener = tikhonov(y, op, grad_std=0.1).estimate
+        problems.append((op, y, wiener if args.start == "wiener" else op.init(y), wiener))
     prior = load_prior(args.prior)
     where = f", kernels {' '.join(args.kernel_ids)}" if args.task == "blur" else ""
     print(f"# task {args.task}, noise {noise:g}/255{where}, prior {args.prior}, {len(crops)} validation crops of "
-          f"{s}x{s}, divergence guard {args.divergence_guard or 'off'}")
+          f"{s}x{s}, divergence guard {args.divergence_guard or 'off'}, x_0 {args.start}")
+    start_psnr = sum(psnr(x0, clean) for _, _, x0, _ in problems) / len(problems)
+    wiener_psnr = sum(psnr(w, clean) for _, _, _, w in problems) / len(problems)
+    print(f"# PSNR of x_0 {start_psnr:.2f}, of Wiener (grad std 0.1) {wiener_psnr:.2f}")
     print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|---|")
     for gamma, tau_text, iters in itertools.product(args.gammas, args.taus, args.iters):
         tau, tau_end = parse_tau(tau_text)
         px = pd = 0.0
-        for op, y in problems:
+        for op, y, x0, _ in problems:
             r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
-                                                divergence_guard=args.divergence_guard or None))
+                                                divergence_guard=args.divergence_guard or None), x0=x0)
             px, pd = px + psnr(r.x, clean) / len(problems), pd + psnr(r.decoded, clean) / len(problems)
         print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 

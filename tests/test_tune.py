@@ -1,0 +1,38 @@
+"""benchmarks/tune.py on a tiny prior and synthetic images: the grid runs, the start and Wiener lines are printed,
+and --start wiener starts JPMAP from the Wiener estimate."""
+
+import re
+
+import torch
+
+from data.images import write_image
+from hvae.export import export_prior
+
+
+def _psnr_lines(text: str) -> tuple[float, float, list[tuple[float, float]]]:
+    start, wiener = map(float, re.search(r"PSNR of x_0 ([\d.]+), of Wiener \(grad std 0.1\) ([\d.]+)", text).groups())
+    rows = [tuple(map(float, m)) for m in re.findall(r"^\| [\d.]+ \| [^|]+ \| \d+ \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)]
+    return start, wiener, rows
+
+
+def test_tune_grid_and_start(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    folder = tmp_path / "train"
+    for i in range(60):  # the 5% hash split keeps a few for validation
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
+        write_image(folder / f"im{i:02d}.png", x[0])
+    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    tune = load_benchmark("tune")
+    common = ["--task", "inpaint", "--folder", str(folder), "--prior", str(prior), "--crops", "2", "--size", "16",
+              "--gammas", "10", "20", "--taus", "1.0", "--iters", "1", "2"]
+    tune.main(common)
+    start, wiener, rows = _psnr_lines(capsys.readouterr().out)
+    assert len(rows) == 4 and start != wiener
+    starts = []  # the x0 of every jpmap call
+    jpmap = tune.jpmap
+    monkeypatch.setattr(tune, "jpmap", lambda y, op, prior, config, x0: starts.append((y, op, x0)) or jpmap(
+        y, op, prior, config, x0=x0))
+    tune.main(common + ["--start", "wiener"])
+    start_w, wiener_w, rows_w = _psnr_lines(capsys.readouterr().out)
+    assert start_w == wiener_w == wiener and len(rows_w) == 4
+    assert len(starts) == 4 and all(torch.equal(x0, tune.tikhonov(y, op, grad_std=0.1).estimate) for y, op, x0 in starts)
