@@ -42,7 +42,11 @@ Methods (``--methods``):
             validation crops). Needs the optional extra ``pip install -e '.[bench]'`` (deepinv 0.5, bm3d 4.0.3);
             skipped with a note when not importable.
 
-Outputs: a CSV with one row per image x task setting x method (psnr, ssim, seconds, iterations), and markdown
+LPIPS (AlexNet, torchmetrics) is added when torchvision's AlexNet weights are already in torch hub's cache
+(``lpips_weights()``, normally ~/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth): never downloaded;
+without them (or with ``--lpips off``, or images under 32 pixels) its column stays empty and the tables say so.
+
+Outputs: a CSV with one row per image x task setting x method (psnr, ssim, lpips, seconds, iterations), and markdown
 tables of means per setting and method (printed, and written to ``--tables``) with the machine line and the
 exact command. ``--merge CSV ...`` adds the rows of other methods from earlier runs on the same degraded images
 (same folder, ``--limit``, ``--crop``, tasks and ``--seed``; checked by image, setting and size before the run)
@@ -91,8 +95,9 @@ DATASETS = {  # name -> (default folder, default prior, default preset)
 TASKS = ("deblur", "sr2", "sr4", "inpaint_random", "inpaint_boxes")
 METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d")
 PRESET_KEY = {"deblur": "blur", "sr2": "sr", "sr4": "sr", "inpaint_random": "inpaint", "inpaint_boxes": "inpaint"}
-FIELDS = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
-          "iterations", "height", "width")
+REQUIRED = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
+            "iterations", "height", "width")
+FIELDS = REQUIRED + ("lpips",)  # lpips: empty when not computed (and in CSVs written before it existed)
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -169,6 +174,34 @@ def psnr(estimate: Tensor, clean: Tensor) -> float:
 def ssim(estimate: Tensor, clean: Tensor) -> float:
     from torchmetrics.functional.image import structural_similarity_index_measure
     return float(structural_similarity_index_measure(estimate.clamp(0, 1).double(), clean.double(), data_range=1.0))
+
+
+def lpips_weights() -> Path:
+    """Where torchvision keeps the AlexNet weights that LPIPS needs (torch hub's cache; never downloaded here)."""
+    from torchvision.models import AlexNet_Weights
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.DEFAULT.url).name
+
+
+def lpips_metric(mode: str, device: torch.device) -> tuple[Callable[[Tensor, Tensor], float] | None, str]:
+    """(estimate, clean) -> LPIPS (AlexNet; lower is better), or None and the reason it is left out."""
+    if mode == "off":
+        return None, "LPIPS off (--lpips off)"
+    weights = lpips_weights()
+    if not weights.is_file():  # checked first: torchvision would download them
+        return None, (f"LPIPS not computed: no AlexNet weights at {weights} (put torchvision's "
+                      f"{weights.name} there to add it; nothing is downloaded)")
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+
+    def score(estimate: Tensor, clean: Tensor) -> float:
+        if min(clean.shape[-2:]) < 32:  # AlexNet's pooling needs at least 32 pixels a side
+            return float("nan")
+        with torch.no_grad():
+            value = float(metric(estimate.clamp(0, 1).float(), clean.float()))
+        metric.reset()
+        return value
+
+    return score, f"LPIPS: AlexNet (torchmetrics), weights {weights.name}"
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -260,8 +293,13 @@ def fmt(v: float, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else "nan"
 
 
+def has_lpips(rows: list[dict]) -> bool:
+    return bool(rows) and all(str(r.get("lpips", "")) not in ("", "nan") for r in rows)
+
+
 def tables(rows: list[dict], methods: Sequence[str]) -> str:
-    """Markdown: per task, PSNR / SSIM means per setting (rows) and method (columns), then seconds and iterations."""
+    """Markdown: per task, PSNR / SSIM (/ LPIPS where every row of a cell has it) means per setting (rows) and
+    method (columns), then seconds and iterations."""
     out = []
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     for task in tasks:
@@ -272,14 +310,18 @@ def tables(rows: list[dict], methods: Sequence[str]) -> str:
             cell[(r["setting"], r["method"])].append(r)
         settings = list(dict.fromkeys(r["setting"] for r in sub))
         n_img = len({r["image"] for r in sub})
-        out.append(f"**{task}** (PSNR dB / SSIM, mean over {n_img} images)\n")
+        lp = " / LPIPS" if any(has_lpips(v) for v in cell.values()) else ""
+        out.append(f"**{task}** (PSNR dB / SSIM{lp}, mean over {n_img} images)\n")
         out.append("| setting | " + " | ".join(present) + " |")
         out.append("|---|" + "---|" * len(present))
         for s in settings + (["**mean**"] if len(settings) > 1 else []):
             vals = []
             for m in present:
                 rs = [r for r in sub if r["method"] == m] if s == "**mean**" else cell[(s, m)]
-                vals.append(f"{fmt(mean(rs, 'psnr'))} / {fmt(mean(rs, 'ssim'), 3)}" if rs else "-")
+                text = f"{fmt(mean(rs, 'psnr'))} / {fmt(mean(rs, 'ssim'), 3)}" if rs else "-"
+                if lp and rs:
+                    text += f" / {fmt(mean(rs, 'lpips'), 3)}" if has_lpips(rs) else " / -"
+                vals.append(text)
             out.append(f"| {s} | " + " | ".join(vals) + " |")
         secs = [f"{fmt(mean([r for r in sub if r['method'] == m], 'seconds'), 1)} s, "
                 f"{fmt(mean([r for r in sub if r['method'] == m], 'iterations'), 0)} it" for m in present]
@@ -303,8 +345,8 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
                 found = list(csv.DictReader(f))
         except OSError as err:
             raise SystemExit(f"error: --merge {path}: {err.strerror or err}") from None
-        if not found or not set(FIELDS) <= set(found[0]):
-            raise SystemExit(f"error: --merge {path}: not a CSV of benchmarks/quality.py (columns {', '.join(FIELDS)})")
+        if not found or not set(REQUIRED) <= set(found[0]):
+            raise SystemExit(f"error: --merge {path}: not a CSV of benchmarks/quality.py (columns {', '.join(REQUIRED)})")
         for line, r in enumerate(found, start=2):
             try:
                 key = (r["dataset"], r["image"], r["task"], r["setting"], int(r["height"]), int(r["width"]))
@@ -340,7 +382,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in FIELDS})
     os.replace(tmp, path)
 
 
@@ -532,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bm3d-lam", type=float, default=0.23, help="PnP-BM3D's prior weight lam (DPIR's 0.23)")
     p.add_argument("--tune-bm3d", action="store_true", help="choose --bm3d-lam on 2 validation crops first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lpips", choices=["auto", "off"], default="auto",
+                   help="auto: LPIPS when the AlexNet weights are in torch hub's cache (never downloaded)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--figures", action="store_true")
     p.add_argument("--fig-adam-iters", type=int, default=200, help="Adam iterations in the convergence figure")
@@ -585,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if "pnp-bm3d" in methods and bm3d is None:
         methods.remove("pnp-bm3d")
     merged = merge_rows(args.merge, keys, methods)  # checked before anything runs
+    lpips, lpips_note = lpips_metric(args.lpips, device)
+    print(f"# {lpips_note}", flush=True)
     if args.tune_bm3d and bm3d is not None:
         args.bm3d_lam = tune_bm3d(args, bm3d)
         print(f"# PnP-BM3D: lam = {args.bm3d_lam:g}", flush=True)
@@ -608,11 +654,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 secs = time.perf_counter() - t
                 row = dict(dataset=args.dataset, image=name, task=setting.task, setting=setting.name,
                            kernel=setting.kernel, noise255=setting.noise255, method=method, psnr=psnr(est, clean_d),
-                           ssim=ssim(est, clean_d), seconds=secs, iterations=int(iters),
+                           ssim=ssim(est, clean_d), lpips=lpips(est, clean_d) if lpips else "",
+                           seconds=secs, iterations=int(iters),
                            height=clean.shape[-2], width=clean.shape[-1])
                 rows.append(row)
+                lp = f" LPIPS {row['lpips']:.3f}" if lpips else ""
                 print(f"{setting.task:15s} {setting.name:12s} {name:10s} {method:9s} PSNR {row['psnr']:6.2f} "
-                      f"SSIM {row['ssim']:.3f} {secs:7.1f} s {iters:4d} it", flush=True)
+                      f"SSIM {row['ssim']:.3f}{lp} {secs:7.1f} s {iters:4d} it", flush=True)
             write_csv(args.out, rows + merged)  # partial results survive an interruption, merged rows too
 
     written = figures(args, images, prior, device, args.fig_dir) if args.figures else []
@@ -637,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
              f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",
              f"Command: `{command}`", "",
              "Settings of the methods this run computed: " + "; ".join(described) + f". Seed {args.seed} + image "
-             f"index. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
+             f"index. {lpips_note}. CSV: `{os.path.relpath(args.out, ROOT)}`.", ""]
     if merged:
         lines += [f"Merged from earlier runs on the same degraded images ({', '.join(merged_methods)}): "
                   + ", ".join(f"`{os.path.relpath(p, ROOT)}`" for p in args.merge) + ".", ""]

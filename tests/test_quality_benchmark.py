@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,37 @@ def test_pnp_bm3d_data_step_weighs_the_prior_by_lam(load_benchmark):
         torch.testing.assert_close(z, expected)
         results.append(z)
     assert (results[0] - results[1]).abs().max() > 1e-3
+
+
+def test_lpips_only_from_local_weights(workspace, load_benchmark, monkeypatch):
+    """LPIPS is computed when AlexNet's weights are in torch hub's cache (here a random AlexNet saved there,
+    so nothing is downloaded) and left empty, with the reason in the tables, when they are not."""
+    import torchvision
+    tmp, images, kernels = workspace
+    q = load_benchmark("quality")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp / "hub"))
+    common = ["--folder", str(images), "--kernels", str(kernels), "--tasks", "deblur", "--deblur-kernels", "9",
+              "--deblur-noises", "7.65", "--device", "cpu"]
+    q.main(common + ["--methods", "wiener", "--out", str(tmp / "none.csv"), "--tables", str(tmp / "none.md")])
+    assert {r["lpips"] for r in _read(tmp / "none.csv")} == {""}
+    assert "LPIPS not computed: no AlexNet weights at" in (tmp / "none.md").read_text()
+
+    weights = q.lpips_weights()
+    assert weights.parent == tmp / "hub" / "checkpoints"
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    q.main(common + ["--methods", "tv", "--merge", str(tmp / "none.csv"), "--out", str(tmp / "lp.csv"),
+                     "--tables", str(tmp / "lp.md")])
+    rows = _read(tmp / "lp.csv")
+    assert {r["method"] for r in rows} == {"wiener", "tv"}
+    computed = [float(r["lpips"]) for r in rows if r["method"] == "tv"]
+    assert len(computed) == 2 and all(math.isfinite(v) and v > 0 for v in computed)
+    assert {r["lpips"] for r in rows if r["method"] == "wiener"} == {""}  # merged from the run without weights
+    text = (tmp / "lp.md").read_text()
+    assert "PSNR dB / SSIM / LPIPS" in text and "LPIPS: AlexNet (torchmetrics)" in text
+    assert re.search(r"^\| k9 s7.65 \| [\d.]+ / [\d.]+ / - \| [\d.]+ / [\d.]+ / [\d.]+ \|$", text, re.M)
+    score, _ = q.lpips_metric("auto", torch.device("cpu"))  # the same metric scores a clean image 0
+    clean = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    assert score(clean, clean) == pytest.approx(0, abs=1e-6) and score(clean.flip(-1), clean) > 0
+    assert q.lpips_metric("off", torch.device("cpu"))[0] is None
