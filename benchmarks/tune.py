@@ -2,8 +2,9 @@
 VALIDATION split of the training folder (never the test sets).
 
 python benchmarks/tune.py --task blur --noise 2.55 --kernel-ids 4 9 --crops 3 --size 128 --taus 0.9 1.0:0.8
-Prints PSNR (mean over crops and kernels) of x_K and G(z_K) for each (gamma, tau, iterations); the best goes
-to configs/restore/ as the entry of that operator and noise (see restore/presets.py).
+Prints the PSNR of the start x_0 (``--start``: the operator's init or the Wiener estimate) and of Wiener, then
+PSNR (mean over crops and kernels) of x_K and G(z_K) for each (gamma, tau, iterations); the best goes to
+configs/restore/ as the entry of that operator and noise (see restore/presets.py).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     clean = torch.stack(crops)
     noise = args.noise if args.noise is not None else DEFAULT_NOISE[args.task]
     kernels = [Path(args.kernels) / f"{k}.npy" for k in (args.kernel_ids if args.task == "blur" else ["-"])]
-    problems = []  # (operator, y) per kernel
+    problems = []  # (operator, y, x_0, Wiener estimate) per kernel
     for kernel in kernels:
         op = task_operator(args.task, s, kernel, noise, args.sr_factor, args.mask)
         y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
