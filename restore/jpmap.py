@@ -113,6 +113,37 @@ class RestoreResult:
     diverged: int = 0  # images that the divergence guard stopped (they return their smallest-residual iterate)
 
 
+class DivergenceGuard:
+    """The divergence guard's state, per image, on the device: the smallest residual so far and the iterates
+    that had it. An image whose residual exceeds ``factor`` times its smallest one (and ``tol``) stops for good
+    and keeps those iterates. :func:`jpmap` updates it every iteration; the tiled loop every chunk, for the
+    tiles still running (``index``). No host synchronisation."""
+
+    def __init__(self, factor: float, tol: float, iterates: Sequence[Tensor]) -> None:
+        n = iterates[0].shape[0]
+        self.factor, self.tol = factor, tol
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=iterates[0].device)  # [N]
+        self.best_residual = torch.full((n,), math.inf, device=iterates[0].device, dtype=iterates[0].dtype)  # [N]
+        self.best = [t.clone() for t in iterates]  # each [N, C, H, W]
+
+    def update(self, residual: Tensor, iterates: Sequence[Tensor], index: Tensor | None = None) -> list[Tensor]:
+        """``residual`` [n]: the RMS change of images ``index`` (all when None) to ``iterates`` (each
+        [n, C, H, W]); returns the iterates with those of stopped images replaced by their best ones."""
+        at = slice(None) if index is None else index
+        residual = residual.to(self.best_residual.dtype)
+        best_residual = self.best_residual[at]
+        stopped = self.stopped[at] | ((residual > self.factor * best_residual) & (residual >= self.tol))
+        better = ((residual < best_residual) & ~stopped)[:, None, None, None]
+        keep, out = stopped[:, None, None, None], []
+        for best, new in zip(self.best, iterates):
+            kept = torch.where(better, new.to(best.dtype), best[at])
+            best[at] = kept
+            out.append(torch.where(keep, kept.to(new.dtype), new))
+        self.best_residual[at] = torch.where(better[:, 0, 0, 0], residual, best_residual)
+        self.stopped[at] = stopped
+        return out
+
+
 def initial_x(y: Tensor, operator, how: str) -> Tensor:
     if how == "observation":
         return y.clone()
@@ -201,23 +232,13 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
     decoder_step = make_decoder_step(prior, taus, config)
     start = time.perf_counter()
     converged, k, decoded = False, 0, x
-    guard = config.divergence_guard
-    stopped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # per image; stays False without a guard
-    if guard is not None:  # per image: smallest squared residual so far and its (x, G(z))
-        best_mse = torch.full((x.shape[0],), math.inf, device=x.device, dtype=x.dtype)
-        best_x, best_decoded = x.clone(), x.clone()
+    guard = None if config.divergence_guard is None else DivergenceGuard(config.divergence_guard, config.tol, (x, x))
     for k in range(1, config.max_iters + 1):
         decoded = decoder_step(x)
         x_new = operator.prox_l2(decoded, y, gamma)
         per_image_mse = ((x_new - x) ** 2).flatten(1).mean(1)
-        if guard is not None:  # device tensors only; a stopped image keeps its best iterate from here on
-            stopped |= (per_image_mse > guard**2 * best_mse) & (per_image_mse > config.tol**2)
-            better = (per_image_mse < best_mse) & ~stopped
-            best_mse = torch.where(better, per_image_mse, best_mse)
-            best_x = torch.where(better[:, None, None, None], x_new, best_x)
-            best_decoded = torch.where(better[:, None, None, None], decoded, best_decoded)
-            keep = stopped[:, None, None, None]
-            x_new, decoded = torch.where(keep, best_x, x_new), torch.where(keep, best_decoded, decoded)
+        if guard is not None:  # a stopped image keeps its best iterate from here on
+            x_new, decoded = guard.update(per_image_mse.sqrt(), (x_new, decoded))
             per_image_mse = ((x_new - x) ** 2).flatten(1).mean(1)  # 0 for a stopped image after its stop
         residual_sq.append(per_image_mse.mean())  # device tensors: no host synchronisation here
         data.append(((operator.A(x_new) - y) ** 2).flatten(1).sum(1).mean() / (2 * sigma**2 * n_pix))
@@ -228,10 +249,11 @@ def jpmap(y: Tensor, operator, prior: Prior, config: JPMAPConfig = JPMAPConfig()
             callback(k, x)
         if k % config.check_every == 0 or k == config.max_iters:  # the one synchronisation every check_every
             done = per_image_mse.sqrt() < config.tol
+            stopped = torch.zeros_like(done) if guard is None else guard.stopped
             if bool((done | stopped).all()):
                 converged = bool((done & ~stopped).all())
                 break
     _records(history, residual_sq, data, coupling, times)
     estimate = x if config.return_estimate == "x" else decoded
     return RestoreResult(estimate, x, decoded, history, k, converged, time.perf_counter() - start,
-                         int(stopped.sum()))
+                         0 if guard is None else int(guard.stopped.sum()))

@@ -18,7 +18,6 @@ missing tiles is computed in ``TileDataModule.setup``, which Lightning runs on e
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, replace
@@ -34,7 +33,7 @@ from data.images import DEFAULT_MAX_PIXELS, atomic_write_bytes
 from hvae.export import load_prior
 
 from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
-from .jpmap import JPMAPConfig, initial_x, jpmap
+from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap
 from .large_io import ImageSource, TensorSource, open_image
 from .operators import Blur, Denoising, Inpainting, SuperResolution
 from .tiling import BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment
@@ -222,13 +221,11 @@ class TiledJPMAP(L.LightningModule):
         at the end of each chunk: a tile whose residual exceeds ``divergence_guard`` times its smallest one
         keeps the iterate of that smallest residual."""
         cfg = self.config
-        guard, chunk_cfg = cfg.divergence_guard, replace(cfg, tol=0.0, divergence_guard=None)
+        chunk_cfg = replace(cfg, tol=0.0, divergence_guard=None)
         op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
-        best_rms = torch.full((y.shape[0],), math.inf, device=y.device)
-        best_x, best_est = x.clone(), est.clone()
-        stopped = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+        guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
         used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
         active = torch.arange(y.shape[0], device=y.device)
         done = 0
@@ -248,17 +245,12 @@ class TiledJPMAP(L.LightningModule):
             else:
                 boxes = [used_boxes[i] for i in idx]
                 rms = torch.stack([change[k, :, r0:r1, c0:c1].mean() for k, (r0, r1, c0, c1) in enumerate(boxes)]).sqrt()
-            x[active], est[active] = last.x.to(x.dtype), last.estimate.to(est.dtype)
-            if guard is not None:
-                stopped[active] |= (rms > guard * best_rms[active]) & (rms >= cfg.tol)
-                improved = (rms < best_rms[active]) & ~stopped[active]
-                better = active[improved]
-                best_rms[better] = rms[improved].to(best_rms.dtype)
-                best_x[better], best_est[better] = x[better], est[better]
-                frozen = active[stopped[active]]
-                x[frozen], est[frozen] = best_x[frozen], best_est[frozen]
+            new_x, new_est = last.x.to(x.dtype), last.estimate.to(est.dtype)
+            if guard is not None:  # a tile that stopped keeps the iterate of its smallest residual
+                new_x, new_est = guard.update(rms, (new_x, new_est), active)
+            x[active], est[active] = new_x, new_est
             done += step
-            moving = (rms >= cfg.tol) & ~stopped[active]
+            moving = rms >= cfg.tol if guard is None else (rms >= cfg.tol) & ~guard.stopped[active]
             active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
         return est
 

@@ -379,10 +379,10 @@ def test_restore_py_two_processes_killed_and_resumed(prior_path, clean, tmp_path
     assert len(list(tiles.glob("img*_tile*.npy"))) == total and not list(tiles.glob(".*.tmp.npy"))
 
 
-def test_per_tile_divergence_guard_keeps_a_drifting_tile_near_its_best(prior_path):
+def test_per_tile_divergence_guard_returns_a_drifting_tiles_smallest_residual_iterate(prior_path):
     """TiledJPMAP's per-tile loop with a stand-in prior whose map first contracts and then expands (one drifting
-    pixel): the guarded tile stops and keeps an iterate near its best; with a contracting map the guard
-    changes nothing."""
+    pixel): the guarded tile stops and returns exactly its chunk-end iterate of smallest residual; with a
+    contracting map the guard changes nothing."""
     from dataclasses import replace
 
     from restore.predict import TiledJPMAP
@@ -402,6 +402,7 @@ def test_per_tile_divergence_guard_keeps_a_drifting_tile_near_its_best(prior_pat
     x0[0, 0, 0, 0] = 0.5 + 1e-4
     cfg = JPMAPConfig(gamma=0.1, tau=1.0, max_iters=40, tol=0.0, check_every=2)
     err = lambda x: float(((x - c) ** 2).mean().sqrt())  # noqa: E731
+    err_between = lambda a, b: float(((a - b) ** 2).mean().sqrt())  # noqa: E731
     for drifting in (True, False):
         gain = torch.full_like(c, 0.5)
         if drifting:
@@ -413,5 +414,21 @@ def test_per_tile_divergence_guard_keeps_a_drifting_tile_near_its_best(prior_pat
             out[guard] = module._jpmap_per_tile(c, None, None, x0)
         if drifting:
             assert err(out[None]) > 0.05 and err(out[4.0]) < err(out[None]) / 100
+            # exactly the chunk-end iterate of smallest residual before the residual passed 4x that smallest one
+            free = TiledJPMAP(str(prior_path), replace(cfg, divergence_guard=None), "denoise", 1.0)
+            free.prior = Drifting(c, gain)
+
+            def run(k):
+                free.config = replace(cfg, divergence_guard=None, max_iters=k)
+                return free._jpmap_per_tile(c, None, None, x0)
+
+            best, best_rms = None, math.inf
+            for k in range(2, 41, 2):
+                rms = err_between(run(k), run(k - 1))
+                if rms > 4.0 * best_rms:
+                    break
+                if rms < best_rms:
+                    best, best_rms = run(k), rms
+            assert best is not None and torch.equal(out[4.0], best)
         else:
             torch.testing.assert_close(out[4.0], out[None])
