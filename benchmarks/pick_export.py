@@ -95,7 +95,7 @@ def restoration_problems(clean: Tensor, tasks: list[str], kernels: Path, presets
             op = SuperResolution(gaussian_kernel(0.5 * factor), factor, sigma)
         else:
             op = Inpainting(random_mask(h, w, 0.5, generator=gen), sigma)
-        v = preset_for(presets, task, noise255)
+        v = preset_for(presets, task, noise255, SR_FACTOR[kind] if task == "sr" else None)
         tau, tau_end = parse_tau(v["tau"])
         cfg = JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end, max_iters=int(v["iterations"]),
                           return_estimate=v["return"])

@@ -207,7 +207,8 @@ def lpips_metric(mode: str, device: torch.device) -> tuple[Callable[[Tensor, Ten
 # ------------------------------------------------------------------------------------------- methods
 def hvae_settings(args: argparse.Namespace, task: str, noise255: float) -> dict:
     """gamma (0-255), tau, tau_end, iterations, return for ``task`` at ``noise255``: preset, then overrides."""
-    values = preset_for(args.preset_values, PRESET_KEY[task], noise255)  # read once at the start of main
+    factor = {"sr2": 2, "sr4": 4}.get(task)
+    values = preset_for(args.preset_values, PRESET_KEY[task], noise255, factor)  # read once at the start of main
     for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
                           ("return", args.return_estimate)):
         if override is not None:

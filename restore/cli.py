@@ -176,7 +176,7 @@ def apply_preset(args: argparse.Namespace) -> None:
     setting for the operator at --noise-std (then from built-in fallbacks)."""
     try:
         values = preset_for(read_presets(args.preset) if args.preset is not None else {}, args.operator,
-                            args.noise_std)
+                            args.noise_std, args.scale if args.operator == "sr" else None)
     except PresetError as err:
         raise UsageError(f"--preset: {err}") from None
     for key, dest in (("gamma", "gamma"), ("tau", "tau"), ("iterations", "iterations"), ("return", "return_estimate")):

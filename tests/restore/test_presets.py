@@ -38,6 +38,21 @@ def test_untagged_section_applies_at_every_noise_and_missing_operator_falls_back
     assert preset_for(presets, "sr", 3.0) == {**FALLBACK, "tau": str(FALLBACK["tau"])}
 
 
+def test_sr_entries_tagged_with_a_factor_are_chosen_by_factor_then_noise(tmp_path):
+    presets = read_presets(_write(tmp_path, "sr:\n"
+                                  "  - {noise: 2.55, factor: 2, gamma: 20}\n"
+                                  "  - {noise: 2.55, factor: 4, gamma: 30}\n"
+                                  "  - {noise: 12.75, factor: 4, gamma: 40}\n"))
+    assert preset_for(presets, "sr", 2.55, 2)["gamma"] == 20
+    assert preset_for(presets, "sr", 12.75, 2)["gamma"] == 20  # the factor first: no x2 entry at 12.75
+    assert preset_for(presets, "sr", 2.55, 4)["gamma"] == 30
+    assert preset_for(presets, "sr", 10.0, 4)["gamma"] == 40
+    assert preset_for(presets, "sr", 2.55, 8)["gamma"] == 30  # nearest factor on a log scale
+    assert preset_for(presets, "sr", 2.55, 3)["gamma"] == 30  # log(4/3) = 0.29 < log(3/2) = 0.41
+    assert "factor" not in preset_for(presets, "sr", 2.55, 4)
+    assert preset_for(presets, "sr", 12.75)["gamma"] == 40  # no factor given: noise only
+
+
 @pytest.mark.parametrize("text, says", [
     ("blur: [{gamma: 5}]\n", "needs 'noise'"),
     ("blur: [{noise: -1, gamma: 5}]\n", "needs 'noise'"),
@@ -47,6 +62,8 @@ def test_untagged_section_applies_at_every_noise_and_missing_operator_falls_back
     ("blur: {iterations: 2.5}\n", "iterations must be"),
     ("blur: {return: z}\n", "return must be"),
     ("blur: {tau: '1:0.5:0'}\n", "not a number"),
+    ("sr: [{noise: 3, factor: 1.5, gamma: 5}]\n", "factor must be"),
+    ("blur: [{noise: 3, factor: 2, gamma: 5}]\n", "must map some of"),  # factor tags only sr entries
     ("- blur\n", "must map some of"),
     ("blur: {gamma: [1\n", "cannot read preset"),
 ])
@@ -62,5 +79,20 @@ def test_shipped_presets_are_valid_and_cover_every_operator(name):
     for operator in ("blur", "denoise", "sr", "inpaint"):
         assert operator in presets
         for noise in (1.0, 2.55, 7.65, 12.75, 25.0, 50.0):
-            setting = preset_for(presets, operator, noise)
-            parse_tau(setting["tau"])
+            for factor in ((None, 2, 3, 4, 8) if operator == "sr" else (None,)):
+                setting = preset_for(presets, operator, noise, factor)
+                parse_tau(setting["tau"])
+
+
+def test_restore_cli_uses_the_sr_entry_of_its_scale():
+    """restore.py --operator sr passes --scale to the preset: the shipped natural preset has x2 and x4 entries."""
+    from restore.cli import apply_preset, build_parser
+
+    presets = read_presets(ROOT / "configs" / "restore" / "natural.yaml")
+    for scale in (2, 4):
+        args = build_parser().parse_args(["--clean", "x.png", "--operator", "sr", "--scale", str(scale),
+                                          "--noise-std", "2.55"])
+        apply_preset(args)
+        expected = preset_for(presets, "sr", 2.55, scale)
+        assert (args.gamma, args.tau, args.return_estimate) == (expected["gamma"], expected["tau"], expected["return"])
+    assert preset_for(presets, "sr", 2.55, 2) != preset_for(presets, "sr", 2.55, 4)
