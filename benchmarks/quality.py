@@ -337,6 +337,8 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
     keys: (dataset, image, task, setting, height, width) of this run. Rows of methods this run computes, or of
     (image, setting) pairs outside it, are left out; a method must cover, over all the CSVs together, every key
     of each task it has rows for here (so that its means are over the same images and settings as the others').
+    A row that several CSVs hold (same method, image and setting) comes from the last of them: a rerun, given
+    after the CSV it updates, replaces its rows.
     """
     merged: dict[tuple, dict] = {}
     has_rows: set[tuple[str, str]] = set()  # (method, task) of the merged methods
@@ -586,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="a line added under the tables (what was reduced and why)")
     p.add_argument("--merge", type=Path, nargs="+", default=[],
                    help="CSVs of earlier runs of other methods on the same images, crop, tasks and --seed (for "
-                        "example pnp-bm3d run apart): their rows join this run's CSV and tables")
+                        "example pnp-bm3d run apart): their rows join this run's CSV and tables; where several "
+                        "hold the same row, the last one given wins")
     return p
 
 
