@@ -205,10 +205,12 @@ def lpips_metric(mode: str, device: torch.device) -> tuple[Callable[[Tensor, Ten
 
 
 # ------------------------------------------------------------------------------------------- methods
-def hvae_settings(args: argparse.Namespace, task: str, noise255: float) -> dict:
-    """gamma (0-255), tau, tau_end, iterations, return for ``task`` at ``noise255``: preset, then overrides."""
-    factor = {"sr2": 2, "sr4": 4}.get(task)
-    values = preset_for(args.preset_values, PRESET_KEY[task], noise255, factor)  # read once at the start of main
+def hvae_settings(args: argparse.Namespace, setting: Setting) -> dict:
+    """gamma (0-255), tau, tau_end, iterations, return for ``setting`` (its task, noise and SR factor): preset,
+    then overrides."""
+    key = PRESET_KEY[setting.task]
+    values = preset_for(args.preset_values, key, setting.noise255,  # preset_values: read once at the start of main
+                        setting.factor if key == "sr" else None)
     for key, override in (("gamma", args.gamma), ("tau", args.tau), ("iterations", args.iters),
                           ("return", args.return_estimate)):
         if override is not None:
@@ -255,7 +257,7 @@ def pnp_bm3d(y: Tensor, operator, denoiser, iters: int = 8, lam: float = 1.0,
 def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, setting: Setting,
                bm3d) -> tuple[Tensor, int]:
     if method in ("pnp-hvae", "adam"):
-        hv = hvae_settings(args, setting.task, setting.noise255)
+        hv = hvae_settings(args, setting)
         common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"],
                       precision=args.precision)
         if method == "pnp-hvae":
@@ -472,7 +474,7 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
     op = setting.make(*clean.shape[-2:], gen)
     y = op.degrade(clean[None].double(), gen).float().to(device)
     op, clean = op.to(device), clean[None].to(device)
-    hv = hvae_settings(args, "deblur", setting.noise255)
+    hv = hvae_settings(args, setting)
     common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
     jp_psnr: list[float] = []
     r_jp = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), tol=0.0, **common),
@@ -673,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows += merged
     hv_text: dict[str, list[str]] = defaultdict(list)  # one entry per distinct setting, naming where it applied
     for s in settings:
-        v = hvae_settings(args, s.task, s.noise255)
+        v = hvae_settings(args, s)
         hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
             f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"

@@ -97,7 +97,7 @@ def preset_for(presets: dict, operator: str, noise255: float, factor: int | None
     if isinstance(section, list):
         def distance(e: dict) -> tuple[float, float]:
             far = 0.0 if factor is None or "factor" not in e else abs(math.log(e["factor"] / factor))
-            return round(far, 9), abs(math.log(e["noise"] / noise255))
+            return far, abs(math.log(e["noise"] / noise255))
 
         section = min(section, key=distance)
     values.update({k: v for k, v in (section or {}).items() if k not in ("noise", "factor")})

@@ -160,11 +160,7 @@ def test_runs_on_split_images_add_up(workspace, load_benchmark):
     q.main(common + ["--methods", "tv", "--merge", str(tmp / "a.csv"), str(tmp / "b.csv"), "--out", str(tmp / "m.csv")])
     assert {r["image"]: float(r["psnr"]) for r in _read(tmp / "m.csv") if r["method"] == "wiener"} == both
     # a row that several CSVs hold comes from the last one given (a rerun replaces the rows it updates)
-    rerun = [{**r, "psnr": "99.0"} for r in _read(tmp / "a.csv")]
-    with open(tmp / "rerun.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rerun[0]))
-        writer.writeheader()
-        writer.writerows(rerun)
+    q.write_csv(tmp / "rerun.csv", [{**r, "psnr": 99.0} for r in _read(tmp / "a.csv")])
     for order, expected in ((["all.csv", "rerun.csv"], 99.0), (["rerun.csv", "all.csv"], both["img0"])):
         q.main(common + ["--methods", "tv", "--merge", *(str(tmp / f) for f in order), "--out", str(tmp / "r.csv")])
         assert [float(r["psnr"]) for r in _read(tmp / "r.csv") if r["method"] == "wiener" and r["image"] == "img0"] \
