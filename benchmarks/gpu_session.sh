@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One call on a lent GPU for the measurements issues 5 and 7 still need, each step under its own time limit so
-# that the whole fits in one device command (about 9 minutes at most, 540 s of limits; the machine's start-up comes on top):
-#   1. the CUDA-only tests (compiled bf16 JPMAP pass, compiled channels_last bf16 training step)
-#   2. benchmarks/speed_gpu.py: ms per JPMAP iteration at 320x448 .. 2048x2048, training images/s at batch 16
-#      of 128x128, peak memory, fraction of bf16 peak (like-for-like preset configs/patchvdvae.yaml)
-#   3. bf16 + channels_last against fp32 on the same degraded CBSD68 images, full size (quality.py, PnP-HVAE,
-#      the 12 deblurring settings, as many as fit in 80 s: the CSV grows setting by setting), and the PSNR
-#      difference per image-setting both runs reached (target: at most 0.05 dB)
-#   4. benchmarks/restore_large.py: tiles per batch 1, 4, 16, 64 on the GPU with the shipped prior
+# that the whole fits in one device command (about 8.5 minutes at most; the machine's start-up comes on top):
+#   1. side by side: the CUDA-only tests (compiled bf16 JPMAP pass, compiled channels_last bf16 training step),
+#      and bf16 + channels_last against fp32 on the same degraded CBSD68 images, full size (quality.py,
+#      PnP-HVAE, the 12 deblurring settings, as many as fit in 50 s each: the CSV grows setting by setting),
+#      with the PSNR difference per image-setting both runs reached (target: at most 0.05 dB)
+#   2. benchmarks/speed_gpu.py, alone on the GPU, in three runs with their own limits sharing one JSON:
+#      training images/s at batch 16 of 128x128, then ms per JPMAP iteration at 320x448, then at 1024x1024,
+#      2048x2048 and 512x512, with peak memory and fraction of bf16 peak (like-for-like configs/patchvdvae.yaml)
+#   3. benchmarks/restore_large.py: tiles per batch 4, 16, 64 on the GPU with the shipped prior
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):
@@ -32,14 +33,17 @@ fi
 FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
-    SPEED=(--device cpu --sizes 64x64 --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64)
+    SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64 --train-variants fp32)
+    SIZE_SMALL=(64x64); SIZE_LARGE=(64x96); VARIANTS_SMALL=(fp32 bf16-cl); VARIANTS_LARGE=(bf16-cl)
     QUALITY=(--device cpu --limit 1 --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
     LARGE=(--size 256 --tile 128 --processes 1 --tiles-per-batch 1,4 --iters 2)
     FAST=(--precision bf16)
 else
     SPEED=()
+    SIZE_SMALL=(320x448); SIZE_LARGE=(1024x1024 2048x2048 512x512)
+    VARIANTS_SMALL=(fp32 bf16-cl bf16-cl-cudagraphs bf16-cl-compile); VARIANTS_LARGE=(bf16-cl bf16-cl-cudagraphs fp32)
     QUALITY=(--device cuda)
-    LARGE=(--accelerator gpu --size 2048 --processes 1 --tiles-per-batch 1,4,16,64 --prior priors/natural.pt --iters 10)
+    LARGE=(--accelerator gpu --size 2048 --processes 1 --tiles-per-batch 4,16,64 --prior priors/natural.pt --iters 10)
     FAST=(--precision bf16 --channels-last)
 fi
 
@@ -53,12 +57,25 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
     echo "# exit $? after $((SECONDS - t0)) s (limit $limit s): $*" >> "$OUT/$log"
 }
 
-step 90 cuda_tests.log "$PY" -m pytest -q -p no:cacheprovider tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py
-step 180 speed.log "$PY" benchmarks/speed_gpu.py --json "$OUT/speed.json" "${SPEED[@]}"
+# The CUDA tests (mostly compilation: CPU-bound) and the two quality runs (small images, GPU lightly used; their
+# PSNR is what counts, not their seconds) run side by side; the timed speed steps run alone afterwards.
+step 75 cuda_tests.log "$PY" -m pytest -q -p no:cacheprovider tests/restore/test_jpmap_speed.py \
+    tests/hvae/test_training_speed.py &
 COMMON=(--folder "$FOLDER" --kernels "$KERNELS" --tasks deblur --methods pnp-hvae "${QUALITY[@]}")
-step 80 quality_fp32.log "$PY" benchmarks/quality.py "${COMMON[@]}" --out "$OUT/quality_fp32.csv" --tables "$OUT/q32.md"
-step 80 quality_bf16.log "$PY" benchmarks/quality.py "${COMMON[@]}" "${FAST[@]}" --out "$OUT/quality_bf16.csv" \
-    --tables "$OUT/q16.md"
+{ step 50 quality_fp32.log "$PY" benchmarks/quality.py "${COMMON[@]}" --out "$OUT/quality_fp32.csv" --tables "$OUT/q32.md"
+  step 50 quality_bf16.log "$PY" benchmarks/quality.py "${COMMON[@]}" "${FAST[@]}" --out "$OUT/quality_bf16.csv" \
+      --tables "$OUT/q16.md"; } &
+wait
+# speed: training first (the 170 images/s target; compilation of the training step last), then JPMAP at the
+# issue's reference size, then the large sizes (fraction of bf16 peak); one JSON, rewritten after every row
+SPEED_JSON=(--json "$OUT/speed.json")
+step 150 speed_train.log "$PY" benchmarks/speed_gpu.py --only train "${SPEED_JSON[@]}" "${SPEED[@]}"
+step 110 speed_small.log "$PY" benchmarks/speed_gpu.py --only jpmap "${SPEED_JSON[@]}" "${SPEED[@]}" \
+    --sizes "${SIZE_SMALL[@]}" --variants "${VARIANTS_SMALL[@]}"
+step 100 speed_large.log "$PY" benchmarks/speed_gpu.py --only jpmap "${SPEED_JSON[@]}" "${SPEED[@]}" \
+    --sizes "${SIZE_LARGE[@]}" --variants "${VARIANTS_LARGE[@]}"
+cat "$OUT/speed_train.log" "$OUT/speed_small.log" "$OUT/speed_large.log" > "$OUT/speed.log"
+rm -f "$OUT/speed_train.log" "$OUT/speed_small.log" "$OUT/speed_large.log"
 "$PY" - "$OUT/quality_fp32.csv" "$OUT/quality_bf16.csv" > "$OUT/compare.txt" 2>&1 <<'EOF'
 import csv, sys
 rows = [{(r["image"], r["setting"]): r for r in csv.DictReader(open(p))} for p in sys.argv[1:3]]
@@ -75,5 +92,5 @@ print(f"mean PSNR fp32 {sum(float(rows[0][k]['psnr']) for k in both) / len(both)
 EOF
 cat "$OUT/quality_fp32.log" "$OUT/quality_bf16.log" >> "$OUT/compare.txt"
 rm -f "$OUT/quality_fp32.log" "$OUT/quality_bf16.log" "$OUT/q32.md" "$OUT/q16.md"
-step 110 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}"
+step 60 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}"
 ls -la "$OUT"

@@ -230,11 +230,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations/steps (default 3 GPU, 1 CPU)")
     p.add_argument("--train-batch", type=int, default=None, help="default 16 (GPU), 1 (CPU)")
     p.add_argument("--train-size", type=int, default=None, help="default 128 (GPU), 64 (CPU)")
-    p.add_argument("--no-train", action="store_true", help="JPMAP rows only")
+    p.add_argument("--only", choices=["jpmap", "train"], default=None, help="only the JPMAP or the training rows")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device (default 989 for H100/H200, none otherwise)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--json", default=None, help="also write the rows and settings to this JSON file")
+    p.add_argument("--json", default=None, help="also write the settings and rows to this JSON file, after every "
+                   "row; rows already in it are kept (several runs with their own time limits share one file)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -260,26 +261,30 @@ def main() -> None:
     print(f"# {name}; torch {torch.__version__}; {Path(args.config).name}: {n_params / 1e6:.2f} M parameters, "
           f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}; "
           f"bf16 peak {_fmt(peak, 0)} TFLOP/s; {warmup} warm-up + {args.iters} timed iterations")
-    rows = []
-    _header(JPMAP_COLUMNS)
-    for size in args.sizes:
-        h, w = _size(size)
-        for v in variants:
-            rows.append(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak))
-            _print_row(rows[-1], JPMAP_COLUMNS)
-    if not args.no_train:
+    meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
+            "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup}
+    out = Path(args.json) if args.json else None
+    rows = json.loads(out.read_text())["rows"] if out is not None and out.is_file() else []
+
+    def record(row: dict, columns: list[tuple[str, str, str]]) -> None:
+        rows.append(row)
+        _print_row(row, columns)
+        if out is not None:  # after every row, so that a run stopped at its time limit keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+
+    if args.only != "train":
+        _header(JPMAP_COLUMNS)
+        for size in args.sizes:
+            h, w = _size(size)
+            for v in variants:
+                record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak), JPMAP_COLUMNS)
+    if args.only != "jpmap":
         _header(TRAIN_COLUMNS)
         for v in train_variants:
-            rows.append(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak))
-            _print_row(rows[-1], TRAIN_COLUMNS)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
-                "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup}
-        out.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+            record(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak), TRAIN_COLUMNS)
+    if out is not None:
         print(f"\n# wrote {out}")
-
 
 if __name__ == "__main__":
     main()
