@@ -59,7 +59,9 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
 
 # The CUDA tests (mostly compilation: CPU-bound) and the two quality runs (small images, GPU lightly used; their
 # PSNR is what counts, not their seconds) run side by side; the timed speed steps run alone afterwards.
-step 75 cuda_tests.log "$PY" -m pytest -q -p no:cacheprovider tests/restore/test_jpmap_speed.py \
+# tests/conftest.py hides GPUs (CUDA_VISIBLE_DEVICES="") unless the variable is set: set it, or the CUDA tests skip
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 75 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
+    tests/restore/test_jpmap_speed.py \
     tests/hvae/test_training_speed.py &
 COMMON=(--folder "$FOLDER" --kernels "$KERNELS" --tasks deblur --methods pnp-hvae "${QUALITY[@]}")
 { step 50 quality_fp32.log "$PY" benchmarks/quality.py "${COMMON[@]}" --out "$OUT/quality_fp32.csv" --tables "$OUT/q32.md"
