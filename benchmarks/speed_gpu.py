@@ -48,19 +48,23 @@ class Variant:
     bf16: bool
     channels_last: bool
     compile_mode: str | None  # None: eager
+    cast_weights: bool = True  # bf16 JPMAP: a bf16 copy of the convolution weights (False: autocast casts per call)
 
     def jpmap_config(self, iters: int) -> JPMAPConfig:
         return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
                            precision="bf16" if self.bf16 else "fp32", channels_last=self.channels_last,
-                           compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default")
+                           compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default",
+                           cast_weights=self.cast_weights)
 
 
 VARIANTS = {v.name: v for v in [
     Variant("fp32", False, False, None),
     Variant("bf16", True, False, None),
     Variant("bf16-cl", True, True, None),
+    Variant("bf16-cl-percall", True, True, None, cast_weights=False),  # as before network_for's bf16 copy
     Variant("bf16-cl-compile", True, True, "default"),
     Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
+    Variant("bf16-cl-cudagraphs-percall", True, True, "reduce-overhead", cast_weights=False),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
 ]}
 GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]
@@ -121,8 +125,24 @@ def _print_row(row: dict, columns: list[tuple[str, str, str]]) -> None:
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str:
+    """torch.profiler over ``run()``: the operators by self device time (CPU time on a CPU), then the same
+    grouped by input shapes (which convolutions, at which resolution, take the time)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        run()
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    by_op = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows,
+                                                                  max_name_column_width=40, max_shapes_column_width=80)
+    return f"## {title}\n\n{by_op}\n{by_shape}\n"
+
+
 def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters: int, warmup: int,
-              device: torch.device, peak_tflops: float | None) -> dict:
+              device: torch.device, peak_tflops: float | None, profile: Path | None = None) -> dict:
     """Times JPMAP iterations of ``variant`` on one random 3 x height x width observation."""
     row = {"kind": "jpmap", "size": f"{height}x{width}", "variant": variant.name}
     flops = zstep_flops(arch, height + (-height) % arch.multiple, width + (-width) % arch.multiple)
@@ -146,6 +166,10 @@ def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters
             raise RuntimeError(f"ran {result.iterations} iterations instead of {iters}")
         row.update(ms_per_iter=seconds * 1e3, peak_gib=_peak_gib(device), tflops=flops / seconds / 1e12)
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
+        if profile is not None:  # after the timing, so that it does not disturb it
+            title = f"JPMAP {height}x{width} {variant.name}: 2 iterations"
+            with profile.open("a") as f:
+                f.write(profile_tables(lambda: jpmap(y, op, prior, variant.jpmap_config(2)), device, title))
     except Exception as err:  # noqa: BLE001 - one failing row (OOM, a compiler error) must not end the table
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     finally:
@@ -234,6 +258,10 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device (default 989 for H100/H200, none otherwise)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each new shape)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="append a torch.profiler table of 2 iterations of each JPMAP row to this file")
     p.add_argument("--json", default=None, help="also write the settings and rows to this JSON file, after every "
                    "row; rows already in it are kept (several runs with their own time limits share one file)")
     args = p.parse_args()
@@ -242,6 +270,7 @@ def main() -> None:
     gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     for name in ("recompile_limit", "cache_size_limit"):  # one compilation per size and variant
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
@@ -259,14 +288,17 @@ def main() -> None:
     mflop_px = zstep_flops(arch, 64, 64) / 4096 / 1e6
 
     print(f"# {name}; torch {torch.__version__}; {Path(args.config).name}: {n_params / 1e6:.2f} M parameters, "
-          f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}; "
+          f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}, "
+          f"benchmark {args.cudnn_benchmark}; "
           f"bf16 peak {_fmt(peak, 0)} TFLOP/s; {warmup} warm-up + {args.iters} timed iterations")
     meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
-            "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup}
+            "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup,
+            "cudnn_benchmark": args.cudnn_benchmark}
     out = Path(args.json) if args.json else None
     rows = json.loads(out.read_text())["rows"] if out is not None and out.is_file() else []
 
     def record(row: dict, columns: list[tuple[str, str, str]]) -> None:
+        row["cudnn_benchmark"] = args.cudnn_benchmark  # runs with and without may share the JSON
         rows.append(row)
         _print_row(row, columns)
         if out is not None:  # after every row, so that a run stopped at its time limit keeps what it measured
@@ -278,7 +310,8 @@ def main() -> None:
         for size in args.sizes:
             h, w = _size(size)
             for v in variants:
-                record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak), JPMAP_COLUMNS)
+                record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak, args.profile),
+                       JPMAP_COLUMNS)
     if args.only != "jpmap":
         _header(TRAIN_COLUMNS)
         for v in train_variants:

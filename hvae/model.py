@@ -208,8 +208,8 @@ class HierarchicalVAE(nn.Module):
             raise ValueError("this latent rule needs an encoded image (activations)")
         self._check(height, width)
         r, c = self.multiple, self.config
-        param = self.out.weight
-        state = param.new_zeros(batch, c.widths[-1], height // r, width // r)
+        # the model's dtype and device; not a convolution's, which restore.jpmap.network_for may hold in bf16
+        state = self.log_gamma.new_zeros(batch, c.widths[-1], height // r, width // r)
         latents, kls, priors, level = [], [], [], len(c.widths) - 1
         for index, group in enumerate(self.groups):
             while self.group_level[index] != level:  # move down one level

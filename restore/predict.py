@@ -33,7 +33,7 @@ from data.images import DEFAULT_MAX_PIXELS, atomic_write_bytes
 from hvae.export import load_prior
 
 from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
-from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap
+from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap, network_for
 from .large_io import ImageSource, TensorSource, open_image
 from .operators import Blur, Denoising, Inpainting, SuperResolution
 from .tiling import BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment
@@ -234,7 +234,8 @@ class TiledJPMAP(L.LightningModule):
             idx = active.tolist()
             if mask is not None:
                 op = Inpainting(mask[active], self.sigma).to(y.device)
-            prior = self.prior if segments is None else SegmentedPrior(self.prior, [segments[i] for i in idx])
+            net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, made once (SegmentedPrior is no Module)
+            prior = net if segments is None else SegmentedPrior(net, [segments[i] for i in idx])
             ya, xa = y[active], x[active]
             if step > 1:
                 xa = jpmap(ya, op, prior, replace(chunk_cfg, max_iters=step - 1), x0=xa).x

@@ -8,7 +8,7 @@ import torch
 from hvae.export import load_prior
 from hvae.model import HierarchicalVAE
 from restore import jpmap as jpmap_module
-from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step
+from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step, network_for
 from restore.operators import Blur, Denoising, gaussian_kernel
 
 SHIPPED = Path(__file__).resolve().parents[2] / "priors" / "natural.pt"
@@ -48,6 +48,36 @@ def test_bf16_channels_last_matches_fp32_on_tiny_model(busy_tiny_model):
     err = float((r16.decoded - r32.decoded).abs().max())
     assert 0 < err < 0.05  # bf16 changes the network's arithmetic, a little
     assert float((r16.x - r32.x).abs().max()) < err  # the exact x-step (fp32) shrinks the difference
+
+
+def test_bf16_weight_copy_gives_autocasts_numbers_and_leaves_the_prior_alone(busy_tiny_model):
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    cfg = JPMAPConfig(max_iters=3, tol=0.0, precision="bf16")
+    per_call = jpmap(y, op, busy_tiny_model, JPMAPConfig(**{**cfg.__dict__, "cast_weights": False}))
+    copied = jpmap(y, op, busy_tiny_model, cfg)
+    assert torch.equal(copied.x, per_call.x) and torch.equal(copied.decoded, per_call.decoded)
+    assert all(p.dtype == torch.float32 for p in busy_tiny_model.parameters())
+    net = network_for(busy_tiny_model, cfg)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert net.log_gamma.dtype == torch.float32  # parameters outside convolutions keep their dtype
+    assert network_for(busy_tiny_model, cfg) is net  # made once, reused
+    assert network_for(busy_tiny_model, JPMAPConfig()) is busy_tiny_model  # fp32: the prior itself
+
+
+def test_bf16_weight_copy_follows_a_change_of_the_priors_weights(busy_tiny_model):
+    cfg = JPMAPConfig(max_iters=2, tol=0.0, precision="bf16")
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    before = jpmap(y, op, busy_tiny_model, cfg).decoded
+    old = network_for(busy_tiny_model, cfg)
+    with torch.no_grad():
+        busy_tiny_model.out.weight.mul_(1.5)  # an in-place change, as an optimiser step makes
+    assert network_for(busy_tiny_model, cfg) is not old
+    after = jpmap(y, op, busy_tiny_model, cfg).decoded
+    ref = jpmap(y, op, busy_tiny_model, JPMAPConfig(**{**cfg.__dict__, "cast_weights": False})).decoded
+    assert torch.equal(after, ref) and not torch.equal(after, before)
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="needs the shipped prior priors/natural.pt")
