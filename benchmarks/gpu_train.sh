@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One device call that trains a prior on the lent GPU and brings back its export, for issue 5's GPU-trained priors.
+# A call has at most 10 minutes, and a session 15 minutes of device time, start-up included, so the run is short
+# by design: TRAIN_SECONDS of training (default 420), then benchmarks/pick_export.py chooses between the last
+# checkpoint's EMA and raw weights by their restoration score on the validation split.
+#
+# The face prior (configs/faces.yaml). From this machine:
+#   python benchmarks/pack_faces.py ../shared/data/train/faces-UTKFace .carry/faces64    # 43 MiB of 64x64 JPEGs
+#   mkdir -p .carry/kernels && cp ../shared/data/kernels/* .carry/kernels/
+#   run(command="bash benchmarks/gpu_train.sh", carry=[".carry/faces64", ".carry/kernels", ".whl"], timeout_s=600)
+# Other priors: CONFIG=configs/natural.yaml DATA=.carry/CBSD432 KIND=patches (carry that folder instead).
+# STEPS (default 6000) is also the learning-rate schedule's length: the run stops at STEPS or at TRAIN_SECONDS,
+# whichever comes first; the H200 trained configs/natural.yaml at about 1,100 images/s (batch 64), so 6,000
+# steps of batch 64 need about 6 minutes at that pace.
+# Comes back in $OUT: prior.pt (the pick), pick.log, train.log, events.tfevents (TensorBoard), config.yaml.
+# Smoke run on a CPU: GPU_TRAIN_SMOKE=1 DATA=some/faces bash benchmarks/gpu_train.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu_train}
+mkdir -p "$OUT"
+export HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import jsonargparse" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --target /tmp/gpu_train_site .whl/*.whl
+    export PYTHONPATH=/tmp/gpu_train_site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+CONFIG=${CONFIG:-configs/faces.yaml}
+DATA=${DATA:-.carry/faces64}
+KIND=${KIND:-faces}
+KERNELS=${KERNELS:-.carry/kernels}
+STEPS=${STEPS:-6000}
+TRAIN_SECONDS=${TRAIN_SECONDS:-420}
+RUN=${RUN:-/tmp/gpu_train_run}
+EXTRA=()
+if [ "${GPU_TRAIN_SMOKE:-0}" = 1 ]; then  # the plumbing on a CPU: a few steps, few images
+    STEPS=4; TRAIN_SECONDS=120
+    EXTRA=(--trainer.accelerator cpu --trainer.precision 32-true --trainer.val_check_interval 2
+           --trainer.limit_val_batches 1 --data.init_args.batch_size 4 --data.init_args.num_workers 0)
+    PICK=(--images 8 --restore-images 1)
+else
+    PICK=()
+fi
+[ -d "$DATA" ] || { echo "error: no data folder $DATA; see this script's header for what to carry" >&2; exit 2; }
+rm -rf "$RUN"
+mins=$(printf "%02d:%02d" $((TRAIN_SECONDS / 60)) $((TRAIN_SECONDS % 60)))
+t0=$SECONDS
+"$PY" train.py fit --config "$CONFIG" --data.init_args.source "$DATA" --trainer.default_root_dir "$RUN" \
+    --trainer.max_steps "$STEPS" --model.optim.decay_steps "$STEPS" --trainer.max_time "00:00:$mins" \
+    "${EXTRA[@]}" > "$OUT/train.log" 2>&1
+echo "# train.py exit $? after $((SECONDS - t0)) s" >> "$OUT/train.log"
+ckpt=$(ls -t "$RUN"/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | head -1)
+if [ -n "$ckpt" ]; then
+    "$PY" benchmarks/pick_export.py "$ckpt" "$DATA" "$OUT/prior.pt" --kind "$KIND" --kernels "$KERNELS" \
+        "${PICK[@]}" > "$OUT/pick.log" 2>&1
+    echo "# pick_export exit $? on $ckpt" >> "$OUT/pick.log"
+else
+    echo "no checkpoint was written (see train.log)" > "$OUT/pick.log"
+    cp "$RUN"/lightning_logs/version_*/prior.pt "$OUT/prior_ema_end.pt" 2>/dev/null
+fi
+cp "$(ls -t "$RUN"/lightning_logs/version_*/events.out.tfevents.* 2>/dev/null | head -1)" "$OUT/events.tfevents" 2>/dev/null
+cp "$RUN"/lightning_logs/version_*/config.yaml "$OUT/config.yaml" 2>/dev/null
+tail -n 3 "$OUT/train.log"; cat "$OUT/pick.log"
+ls -la "$OUT"
