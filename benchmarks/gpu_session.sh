@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU for the measurements issues 5 and 7 still need, each step under its own time limit so
-# that the whole fits in one device command (about 8.5 minutes at most; the machine's start-up comes on top).
+# that the whole fits in one device command (the machine's start-up comes on top).
 # The first GPU call (2026-11-27, H200; BENCHMARKS.md "Speed") ran this script as of commit e18e4ef; this is the
 # second, built on what that one found:
 #   1. side by side: the CUDA-only tests, and PnP-HVAE (fp32) on the full-image deblurring protocol, all 68
@@ -11,7 +11,8 @@
 #      table of each row (which kernels and convolution shapes take the time)
 #   3. CUDA graphs (torch.compile reduce-overhead) with the bf16 weight copy and cudnn.benchmark, 320x448 and
 #      1024x1024 (about 65 s of compilation each)
-#   4. the compiled bf16 training step with cudnn.benchmark (about 2 minutes, compilation included)
+#   4. eager training steps (fp32, bf16 + channels_last) with cudnn.benchmark, against the first call's rows
+# About 7 minutes at most, so that benchmarks/gpu_train.sh (a short training run) fits in the same session.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):
@@ -41,7 +42,7 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
     IMAGES=(0 1 2 3); PER_PROCESS=1
 else
-    SPEED=(--train-variants bf16-cl-compile)
+    SPEED=(--train-variants fp32 bf16-cl)
     SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-percall); GRAPHS=(bf16-cl-cudagraphs)
     QUALITY=(--device cuda)
     IMAGES=(0 17 34 51); PER_PROCESS=17
@@ -62,7 +63,7 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 90 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py &
 for start in "${IMAGES[@]}"; do
-    step 190 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
+    step 150 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
         --tasks deblur --methods pnp-hvae --start "$start" --limit "$PER_PROCESS" "${QUALITY[@]}" \
         --out "$OUT/quality_$start.csv" --tables "$OUT/quality_$start.md" &
 done
@@ -73,13 +74,13 @@ rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.l
 
 # 2-4. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 40 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 50 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
-step 40 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 50 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
 step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
-step 160 speed_train.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --cudnn-benchmark
+step 40 speed_train.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --cudnn-benchmark
 cat "$OUT"/speed_eager.log "$OUT"/speed_eager_bench.log "$OUT"/speed_graphs.log "$OUT"/speed_train.log > "$OUT/speed.log"
 rm -f "$OUT"/speed_eager.log "$OUT"/speed_eager_bench.log "$OUT"/speed_graphs.log "$OUT"/speed_train.log
 ls -la "$OUT"
