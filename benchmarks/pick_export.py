@@ -57,6 +57,7 @@ class Candidate:
     model: HierarchicalVAE
     bits_per_dim: float
     restore_psnr: float
+    step: int = -1  # the schedule's step of the weights (a warm start goes on from it: --model.optim.start_step)
 
 
 def load_weights(path: Path) -> list[tuple[str, HVAEConfig, dict[str, Tensor], int]]:
@@ -71,11 +72,14 @@ def load_weights(path: Path) -> list[tuple[str, HVAEConfig, dict[str, Tensor], i
         raise SystemExit(f"error: {path} is not a training checkpoint of train.py (no hvae_config/state_dict); "
                          "pass the .ckpt files under runs/.../checkpoints")
     cfg = HVAEConfig.from_dict(ck["hvae_config"])
+    step = int(ck.get("global_step", -1))
+    if step >= 0:  # a warm-started run counts its steps from the schedule's start_step
+        step += int((ck.get("optim_config") or {}).get("start_step", 0))
     out = []
     for prefix in ("ema.", "model."):
         state = {k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)}
         if state:
-            out.append((prefix[:-1], cfg, state, int(ck.get("global_step", -1))))
+            out.append((prefix[:-1], cfg, state, step))
     return out
 
 
@@ -159,14 +163,15 @@ def main(argv: list[str] | None = None) -> Candidate:
         model = HierarchicalVAE(cfg).eval()
         model.load_state_dict(state)
         bpd, restore_psnr = score(model, val, clean, problems)
-        cand = Candidate(f"{path} ({label} weights, step {step})", model, bpd, restore_psnr)
+        cand = Candidate(f"{path} ({label} weights, step {step})", model, bpd, restore_psnr, step)
         print(f"{cand.name}: {bpd:.3f} bits/dim, restoration {restore_psnr:.2f} dB", flush=True)
         better = (best is None or (restore_psnr > best.restore_psnr if args.select == "restore"
                                    else bpd < best.bits_per_dim))
         best = cand if better else best
     export_prior(best.model, args.out, half=True, meta={"selected_by": args.select, "source": best.name,
                                                         "bits_per_dim": best.bits_per_dim,
-                                                        "restore_psnr": best.restore_psnr})
+                                                        "restore_psnr": best.restore_psnr,
+                                                        "global_step": best.step})
     print(f"exported {best.name} to {args.out} (selected by {args.select}): {best.bits_per_dim:.3f} bits/dim, "
           f"restoration {best.restore_psnr:.2f} dB")
     return best

@@ -40,6 +40,7 @@ class OptimConfig:
     skip_threshold: float = 400.0
     max_consecutive_skips: int = 50
     ema_decay: float = 0.999
+    start_step: int = 0  # the schedule's step at this run's first update (a warm start, see HVAEModule.init_from)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamax", "adamw"):
@@ -50,14 +51,22 @@ class OptimConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.max_consecutive_skips < 1 or self.warmup_steps < 0 or self.decay_steps < 1:
             raise ConfigError("max_consecutive_skips and decay_steps must be >= 1, warmup_steps >= 0")
+        if self.start_step < 0:
+            raise ConfigError(f"start_step must be >= 0, got {self.start_step}")
 
     def lr_factor(self, step: int) -> float:
-        """Multiplier of ``lr`` at optimiser step ``step``: linear warm-up, then cosine to min_lr."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        t = min(1.0, (step - self.warmup_steps) / self.decay_steps)
+        """Multiplier of ``lr`` at this run's optimiser step ``step``: linear warm-up, then cosine to min_lr,
+        on the schedule's step ``start_step + step``. A warm start (start_step > 0) warms its fresh optimiser
+        state up again: the factor ramps linearly over its first ``warmup_steps`` steps."""
+        total = self.start_step + step
+        if total < self.warmup_steps:
+            return (total + 1) / self.warmup_steps
+        t = min(1.0, (total - self.warmup_steps) / self.decay_steps)
         floor = self.min_lr / self.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.start_step > 0 and step < self.warmup_steps:
+            factor *= (step + 1) / self.warmup_steps
+        return factor
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,14 @@ class HVAEModule(L.LightningModule):
 
     def __init__(self, arch: HVAEConfig = HVAEConfig(), optim: OptimConfig = OptimConfig(),
                  num_images: int = 8, sample_taus: tuple[float, ...] = (1.0, 0.8, 0.6), seed: int = 0,
-                 speed: SpeedConfig = SpeedConfig()) -> None:
+                 speed: SpeedConfig = SpeedConfig(), init_from: str | None = None) -> None:
+        """``init_from``: a warm start from a prior export (or a train.py .ckpt's EMA): the model and its EMA
+        start from those weights, with a fresh optimiser state; set ``optim.start_step`` to the step that run
+        stopped at (the export's meta ``global_step``) to go on along the same schedule. A .ckpt through
+        Lightning's ``--ckpt_path`` resumes exactly instead, but it is several times larger (optimiser state,
+        fp32 weights and EMA) and does not fit through the GPU machine's 16 MiB per returned file."""
         super().__init__()
+        self.init_from = init_from
         self.arch, self.optim, self.num_images, self.sample_taus, self.seed = arch, optim, num_images, sample_taus, seed
         self.speed = speed
         self.model = HierarchicalVAE(arch)
@@ -97,6 +112,8 @@ class HVAEModule(L.LightningModule):
         self.consecutive_skips = 0
         self.consecutive_nonfinite = 0
         self.last_val_bpd: float | None = None
+        if init_from:  # here, so that a bad file stops the run before it writes anything; --ckpt_path overrides it
+            self._warm_start(Path(init_from))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -118,6 +135,17 @@ class HVAEModule(L.LightningModule):
         if self.speed.channels_last:  # in place, before the optimiser is built: it keeps the same parameters
             self.model.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def _warm_start(self, path: Path) -> None:
+        from .export import load_prior
+        prior = load_prior(path)  # one-line PriorError for a missing, unsafe or damaged file
+        if prior.config.to_dict() != self.arch.to_dict():
+            raise ConfigError(f"--model.init_from {path} holds another architecture than model.arch; warm-start "
+                              "with the config it was trained with (its config.yaml)")
+        state = prior.state_dict()
+        self.model.load_state_dict(state)
+        self.ema.load_state_dict(state)
 
     def _elbo(self, x: Tensor):
         if self.speed.channels_last:
@@ -229,7 +257,7 @@ class HVAEModule(L.LightningModule):
 
     def export(self, path: str | Path) -> Path:
         """Half-precision EMA weights and the config, loadable by :func:`hvae.export.load_prior`."""
-        meta = {"global_step": int(self.global_step), "skipped_total": self.skipped_total}
+        meta = {"global_step": self.optim.start_step + int(self.global_step), "skipped_total": self.skipped_total}
         if self.last_val_bpd is not None:
             meta["val_bits_per_dim"] = self.last_val_bpd
         return export_prior(self.ema, path, meta=meta)

@@ -305,3 +305,17 @@ def test_train_py_refuses_a_checkpoint_it_cannot_trust(checkpoint: str, says: st
     assert stop.value.code == 2
     _assert_one_line_error(capsys.readouterr().err, says)
     assert not runs.exists() and not (inputs / MARKER).exists()
+
+
+@pytest.mark.parametrize("export, says", [("evil.pt", "refusing to load"), ("missing.pt", "not found")])
+def test_train_py_refuses_a_warm_start_it_cannot_use(export: str, says: str, inputs, tmp_path, monkeypatch, capsys):
+    from hvae.cli import main as train_main
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                                      "--trainer.default_root_dir", str(runs), "--model.init_from", str(inputs / export)])
+    with pytest.raises(SystemExit) as stop:
+        train_main()
+    assert stop.value.code == 2
+    _assert_one_line_error(capsys.readouterr().err, says)
+    assert not runs.exists() and not (inputs / MARKER).exists()

@@ -131,3 +131,40 @@ def test_persistent_nan_stops_training_with_a_clear_error(tmp_path, tiny_config)
     module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1, max_consecutive_skips=3))
     with pytest.raises(FloatingPointError, match="consecutive non-finite"):
         _fit(tmp_path, module, 6, nan_at={0, 1, 2, 3, 4, 5})
+
+
+def test_schedule_with_start_step_is_the_same_schedule_after_a_short_warm_up():
+    base = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=100)
+    warm = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=100, start_step=40)
+    for step in (10, 11, 50, 200):
+        assert warm.lr_factor(step) == pytest.approx(base.lr_factor(40 + step))
+    assert warm.lr_factor(0) == pytest.approx(base.lr_factor(40) / 10)  # the fresh optimiser state warms up again
+    assert warm.lr_factor(4) == pytest.approx(base.lr_factor(44) * 5 / 10)
+
+
+def test_warm_start_loads_the_export_into_model_and_ema(trained):
+    export = _version_dir(trained) / "prior.pt"
+    prior = load_prior(export)
+    module = HVAEModule(prior.config, init_from=str(export))
+    want = prior.state_dict()
+    for net in (module.model, module.ema):
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, want[k]), k
+    arch = prior.config
+    with pytest.raises(ValueError, match="init_from .* another architecture"):
+        HVAEModule(arch.__class__(**{**arch.__dict__, "latent_channels": arch.latent_channels + 1}),
+                   init_from=str(export))
+
+
+def test_train_py_warm_start_goes_on_along_the_schedule(trained, tmp_path):
+    export = _version_dir(trained) / "prior.pt"
+    start = torch.load(export, weights_only=True)["meta"]["global_step"]
+    proc = _train(tmp_path, "--model.init_from", str(export), "--model.optim.start_step", str(start),
+                  "--trainer.max_steps", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(_version_dir(tmp_path) / "prior.pt", weights_only=True)["meta"]["global_step"] == start + 3
+    state = torch.load(_version_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    cfg = state["optim_config"]
+    optim = OptimConfig(**{**cfg, "betas": tuple(cfg["betas"])})
+    assert optim.start_step == start > 0
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(optim.lr * optim.lr_factor(3))
