@@ -292,28 +292,17 @@ def test_train_py_refuses_a_bad_config(name: str, tmp_path, monkeypatch, capsys)
     assert not runs.exists()
 
 
-@pytest.mark.parametrize("checkpoint, says", [("evil.pt", "refusing to load"), ("notes.pt", "not a readable checkpoint")])
-def test_train_py_refuses_a_checkpoint_it_cannot_trust(checkpoint: str, says: str, inputs, tmp_path, monkeypatch,
-                                                       capsys):
+@pytest.mark.parametrize("flag, checkpoint, says", [
+    ("--ckpt_path", "evil.pt", "refusing to load"), ("--ckpt_path", "notes.pt", "not a readable checkpoint"),
+    ("--model.init_from", "evil.pt", "refusing to load"), ("--model.init_from", "missing.pt", "not found")])
+def test_train_py_refuses_a_checkpoint_it_cannot_trust(flag: str, checkpoint: str, says: str, inputs, tmp_path,
+                                                       monkeypatch, capsys):
+    """--ckpt_path resumes a run, --model.init_from warm-starts one from an export: both are refused alike."""
     from hvae.cli import main as train_main
 
     runs = tmp_path / "runs"
     monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
-                                      "--trainer.default_root_dir", str(runs), "--ckpt_path", str(inputs / checkpoint)])
-    with pytest.raises(SystemExit) as stop:
-        train_main()
-    assert stop.value.code == 2
-    _assert_one_line_error(capsys.readouterr().err, says)
-    assert not runs.exists() and not (inputs / MARKER).exists()
-
-
-@pytest.mark.parametrize("export, says", [("evil.pt", "refusing to load"), ("missing.pt", "not found")])
-def test_train_py_refuses_a_warm_start_it_cannot_use(export: str, says: str, inputs, tmp_path, monkeypatch, capsys):
-    from hvae.cli import main as train_main
-
-    runs = tmp_path / "runs"
-    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
-                                      "--trainer.default_root_dir", str(runs), "--model.init_from", str(inputs / export)])
+                                      "--trainer.default_root_dir", str(runs), flag, str(inputs / checkpoint)])
     with pytest.raises(SystemExit) as stop:
         train_main()
     assert stop.value.code == 2
