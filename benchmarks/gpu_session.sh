@@ -18,7 +18,8 @@
 # python lacks (jsonargparse for train.py's CLI):
 #   mkdir -p .carry && cp -r ../shared/data/test/CBSD68 ../shared/data/kernels .carry/
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".carry", ".whl"], timeout_s=600)
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
+#   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, cuda_tests.log, quality_full.csv, quality.log,
 # speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves its log and the next step
 # runs. Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh

@@ -8,8 +8,11 @@
 #   python benchmarks/pack_faces.py ../shared/data/train/faces-UTKFace .carry/faces64    # 43 MiB of 64x64 JPEGs
 #   mkdir -p .carry/kernels && cp ../shared/data/kernels/* .carry/kernels/
 #   run(command="bash benchmarks/gpu_train.sh", carry=[".carry/faces64", ".carry/kernels", ".whl"], timeout_s=600)
+# In a session that already ran gpu_session.sh (about 7 minutes of its 15), start with TRAIN_SECONDS=300
+# (the call then takes about 6 minutes: start-up, training, pick_export).
 # Other priors: CONFIG=configs/natural.yaml DATA=.carry/CBSD432 KIND=patches (carry that folder instead).
-# Across calls and sessions: copy the prior.pt a call brought back to .carry/resume.pt and carry it too (5 MB).
+# Across calls and sessions: copy the prior.pt a call brought back to .carry/resume.pt and carry it too (6 MB;
+# carry=[".carry/faces64", ".carry/kernels", ".carry/resume.pt", ".whl"]).
 # The next call warm-starts from it (--model.init_from: weights into the model and its EMA, a fresh optimiser
 # state) at the schedule's step it reached (its meta global_step -> --model.optim.start_step) and trains on to
 # STEPS. A full Lightning checkpoint would resume exactly, but with its optimiser state and fp32 weights it is
