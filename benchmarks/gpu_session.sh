@@ -6,13 +6,15 @@
 #   1. side by side: the CUDA-only tests, and PnP-HVAE (fp32) on the full-image deblurring protocol, all 68
 #      CBSD68 images x 12 settings, in 4 processes sharing the GPU (each is bound by kernel launches, not by
 #      the GPU's arithmetic; their seconds are taken while sharing)
-#   2. eager JPMAP at 320x448 and 1024x1024: fp32, bf16 with the once-made bf16 weight copy (bf16-cl) and with
-#      autocast's per-call casts (bf16-cl-percall), without and then with cudnn.benchmark; a torch.profiler
-#      table of each row (which kernels and convolution shapes take the time)
-#   3. CUDA graphs (torch.compile reduce-overhead) with the bf16 weight copy and cudnn.benchmark, 320x448 and
-#      1024x1024 (about 65 s of compilation each)
+#   2. eager JPMAP at 320x448 and 1024x1024: fp32; bf16 with the once-made bf16 weight copy (bf16-cl), with
+#      autocast's per-call casts (bf16-cl-percall), and with the decoder's residual stream in bf16 too
+#      (bf16-cl-bf16state); without and then with cudnn.benchmark; a torch.profiler table of each row (which
+#      kernels and convolution shapes take the time)
+#   3. CUDA graphs (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 with and without the bf16
+#      stream, at 1024x1024 with it (about 65 s of compilation each)
 #   4. eager training steps (fp32, bf16 + channels_last) with cudnn.benchmark, against the first call's rows
-# About 7 minutes at most, so that benchmarks/gpu_train.sh (a short training run) fits in the same session.
+# About 8.5 minutes at most (limits 150 + 60 + 60 + 140 + 80 + 40 s): benchmarks/gpu_train.sh then fits in the
+# same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):
@@ -39,12 +41,13 @@ FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64 --train-variants fp32)
-    SIZES=(64x64); EAGER=(fp32 bf16-cl bf16-cl-percall); GRAPHS=(bf16-cl)
+    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-percall bf16-cl-bf16state); GRAPHS=(bf16-cl); GRAPHS_LARGE=(bf16-cl)
     QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
     IMAGES=(0 1 2 3); PER_PROCESS=1
 else
     SPEED=(--train-variants fp32 bf16-cl)
-    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-percall); GRAPHS=(bf16-cl-cudagraphs)
+    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-percall bf16-cl-bf16state)
+    GRAPHS=(bf16-cl-cudagraphs bf16-cl-cudagraphs-bf16state); GRAPHS_LARGE=(bf16-cl-cudagraphs-bf16state)
     QUALITY=(--device cuda)
     IMAGES=(0 17 34 51); PER_PROCESS=17
 fi
@@ -75,13 +78,15 @@ rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.l
 
 # 2-4. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 50 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 60 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
-step 50 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 60 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
-step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[0]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
+step 80 speed_graphs_large.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]:1}" \
+    --variants "${GRAPHS_LARGE[@]}" --cudnn-benchmark
 step 40 speed_train.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --cudnn-benchmark
-cat "$OUT"/speed_eager.log "$OUT"/speed_eager_bench.log "$OUT"/speed_graphs.log "$OUT"/speed_train.log > "$OUT/speed.log"
-rm -f "$OUT"/speed_eager.log "$OUT"/speed_eager_bench.log "$OUT"/speed_graphs.log "$OUT"/speed_train.log
+LOGS=(speed_eager speed_eager_bench speed_graphs speed_graphs_large speed_train)
+for log in "${LOGS[@]}"; do cat "$OUT/$log.log"; rm -f "$OUT/$log.log"; done > "$OUT/speed.log"
 ls -la "$OUT"

@@ -262,7 +262,7 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
                       precision=args.precision)
         if method == "pnp-hvae":
             r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), channels_last=args.channels_last,
-                                                compile=args.compile, **common))
+                                                compile=args.compile, bf16_state=args.bf16_state, **common))
         else:
             r = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
         return r.estimate, r.iterations
@@ -569,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network passes of pnp-hvae and adam (bf16 autocast; data steps stay fp32): bf16 is for GPUs")
     p.add_argument("--channels-last", action="store_true", help="pnp-hvae network passes in NHWC (GPU fast path)")
     p.add_argument("--compile", action="store_true", help="torch.compile pnp-hvae's z-step (GPU fast path)")
+    p.add_argument("--bf16-state", action="store_true",
+                   help="with --precision bf16: pnp-hvae's decoder residual stream in bf16 too (JPMAPConfig.bf16_state)")
     p.add_argument("--adam-iters", type=int, default=200)
     p.add_argument("--adam-lr", type=float, default=1e-2)
     p.add_argument("--wiener-grad-std", type=float, default=0.1)
@@ -618,6 +620,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     if args.start < 0 or (args.limit is not None and args.limit < 1):
         raise SystemExit("error: --start must be >= 0 and --limit >= 1")
+    if args.bf16_state and args.precision != "bf16":
+        raise SystemExit("error: --bf16-state needs --precision bf16")
     images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
     if not images:
         raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
@@ -679,7 +683,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
             f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
-    fast = "".join([f", {args.precision}", ", channels_last" * args.channels_last, ", compiled" * args.compile])
+    fast = "".join([f", {args.precision}", ", bf16 state" * args.bf16_state, ", channels_last" * args.channels_last,
+                    ", compiled" * args.compile])
     settings_of = {  # the settings line describes only what this run computed (merged methods: their own run)
         "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()) + fast,
         "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return, {args.precision}",

@@ -49,12 +49,13 @@ class Variant:
     channels_last: bool
     compile_mode: str | None  # None: eager
     cast_weights: bool = True  # bf16 JPMAP: a bf16 copy of the convolution weights (False: autocast casts per call)
+    bf16_state: bool = False  # bf16 JPMAP: the decoder's residual stream in bf16 too
 
     def jpmap_config(self, iters: int) -> JPMAPConfig:
         return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
                            precision="bf16" if self.bf16 else "fp32", channels_last=self.channels_last,
                            compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default",
-                           cast_weights=self.cast_weights)
+                           cast_weights=self.cast_weights, bf16_state=self.bf16_state)
 
 
 VARIANTS = {v.name: v for v in [
@@ -62,9 +63,11 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16", True, False, None),
     Variant("bf16-cl", True, True, None),
     Variant("bf16-cl-percall", True, True, None, cast_weights=False),  # as before network_for's bf16 copy
+    Variant("bf16-cl-bf16state", True, True, None, bf16_state=True),
     Variant("bf16-cl-compile", True, True, "default"),
     Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
     Variant("bf16-cl-cudagraphs-percall", True, True, "reduce-overhead", cast_weights=False),
+    Variant("bf16-cl-cudagraphs-bf16state", True, True, "reduce-overhead", bf16_state=True),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
 ]}
 GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]

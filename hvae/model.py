@@ -150,6 +150,9 @@ class HierarchicalVAE(nn.Module):
         gamma0 = math.log(2 * c.decoder_gamma)  # model range is twice the image range
         self.log_gamma = nn.Parameter(torch.full((c.image_channels,), gamma0),
                                       requires_grad=c.likelihood == "gaussian_learned")
+        # dtype of the decoder's residual stream (None: the model's); restore.jpmap.network_for sets bf16 on its
+        # inference copy with JPMAPConfig(bf16_state=True). Not part of the config: it changes no weight.
+        self.state_dtype: torch.dtype | None = None
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -208,8 +211,9 @@ class HierarchicalVAE(nn.Module):
             raise ValueError("this latent rule needs an encoded image (activations)")
         self._check(height, width)
         r, c = self.multiple, self.config
-        # the model's dtype and device; not a convolution's, which restore.jpmap.network_for may hold in bf16
-        state = self.log_gamma.new_zeros(batch, c.widths[-1], height // r, width // r)
+        # the model's device, and its dtype unless state_dtype says otherwise (not a convolution's dtype, which
+        # restore.jpmap.network_for may hold in bf16)
+        state = self.log_gamma.new_zeros(batch, c.widths[-1], height // r, width // r, dtype=self.state_dtype)
         latents, kls, priors, level = [], [], [], len(c.widths) - 1
         for index, group in enumerate(self.groups):
             while self.group_level[index] != level:  # move down one level

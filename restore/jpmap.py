@@ -60,6 +60,7 @@ class JPMAPConfig:
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     cast_weights: bool = True  # bf16: convolutions run on a bf16 copy of their weights, made once (False: autocast
     #                            casts every weight at every call, one extra kernel per convolution)
+    bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact)
 
     def __post_init__(self) -> None:
         if not self.gamma > 0 or not math.isfinite(self.gamma):
@@ -74,6 +75,8 @@ class JPMAPConfig:
             raise ValueError(f"return_estimate must be 'x' or 'decoded', got {self.return_estimate!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.bf16_state and self.precision != "bf16":
+            raise ValueError("bf16_state needs precision='bf16'")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
 
@@ -187,7 +190,7 @@ def _compiled(mode: str) -> Callable[..., Tensor]:
     return _COMPILED[mode]
 
 
-# prior -> (fingerprint of its parameters, copy with bf16 convolution weights); dropped with the prior
+# prior -> {(cast_weights, bf16_state): (fingerprint of its parameters, copy)}; dropped with the prior
 _BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -203,21 +206,24 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
     are bf16, made once and reused while the prior's parameters are unchanged (the prior itself is left
     as it is). Under autocast a convolution casts its input, weight and bias to bf16 anyway, so the copy
     computes the same numbers without one cast kernel per convolution per call; every other parameter
-    stays in its dtype. With ``channels_last`` the weights are put in NHWC layout (in place: the values do
-    not change). A prior that is not an ``nn.Module`` is returned as it is."""
+    stays in its dtype. ``bf16_state`` also runs the decoder's residual stream in bf16 (the copy's
+    ``state_dtype``), which changes the numbers. With ``channels_last`` the weights are put in NHWC layout
+    (in place: the values do not change). A prior that is not an ``nn.Module`` is returned as it is."""
     if not isinstance(prior, torch.nn.Module):
         return prior
-    if config.precision == "bf16" and config.cast_weights:
-        key = _fingerprint(prior)
-        cached = _BF16_COPIES.get(prior)
-        if cached is None or cached[0] != key:
+    if config.precision == "bf16" and (config.cast_weights or config.bf16_state):
+        variant, key = (config.cast_weights, config.bf16_state), _fingerprint(prior)
+        copies = _BF16_COPIES.setdefault(prior, {})
+        if variant not in copies or copies[variant][0] != key:
             net = copy.deepcopy(prior)
-            for module in net.modules():
-                if isinstance(module, torch.nn.Conv2d):
-                    module.to(torch.bfloat16)
-            cached = (key, net)
-            _BF16_COPIES[prior] = cached
-        prior = cached[1]
+            if config.cast_weights:
+                for module in net.modules():
+                    if isinstance(module, torch.nn.Conv2d):
+                        module.to(torch.bfloat16)
+            if config.bf16_state:
+                net.state_dtype = torch.bfloat16
+            copies[variant] = (key, net)
+        prior = copies[variant][1]
     if config.channels_last:
         prior.to(memory_format=torch.channels_last)
     return prior

@@ -169,6 +169,9 @@ def test_runs_on_split_images_add_up(workspace, load_benchmark):
         q.main(common + ["--methods", "tv", "--merge", str(tmp / "a.csv"), "--out", str(tmp / "n.csv")])
     with pytest.raises(SystemExit, match="no images .* from --start 5"):
         q.main(common + ["--methods", "tv", "--start", "5", "--out", str(tmp / "o.csv")])
+    with pytest.raises(SystemExit, match="--bf16-state needs --precision bf16"):
+        q.main(common + ["--methods", "pnp-hvae", "--bf16-state", "--out", str(tmp / "s.csv")])
+    assert not (tmp / "s.csv").exists()
 
 
 def test_pnp_bm3d_data_step_weighs_the_prior_by_lam(load_benchmark):

@@ -66,6 +66,22 @@ def test_bf16_weight_copy_gives_autocasts_numbers_and_leaves_the_prior_alone(bus
     assert network_for(busy_tiny_model, JPMAPConfig()) is busy_tiny_model  # fp32: the prior itself
 
 
+def test_bf16_state_runs_the_decoder_stream_in_bf16_on_the_copy_only(busy_tiny_model):
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    cfg = JPMAPConfig(max_iters=3, tol=0.0, precision="bf16")
+    state_cfg = JPMAPConfig(**{**cfg.__dict__, "bf16_state": True})
+    net = network_for(busy_tiny_model, state_cfg)
+    assert net.state_dtype == torch.bfloat16 and busy_tiny_model.state_dtype is None
+    assert network_for(busy_tiny_model, cfg).state_dtype is None  # one copy per variant
+    r32 = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0))
+    r16, r16s = jpmap(y, op, busy_tiny_model, cfg), jpmap(y, op, busy_tiny_model, state_cfg)
+    assert not torch.equal(r16s.decoded, r16.decoded)  # the stream's dtype changes the arithmetic
+    assert float((r16s.decoded - r32.decoded).abs().max()) < 0.05
+    with pytest.raises(ValueError, match="bf16_state"):
+        JPMAPConfig(bf16_state=True)
+
+
 def test_bf16_weight_copy_follows_a_change_of_the_priors_weights(busy_tiny_model):
     cfg = JPMAPConfig(max_iters=2, tol=0.0, precision="bf16")
     y = _smooth_image(32)
