@@ -306,7 +306,9 @@ def main() -> None:
         _print_row(row, columns)
         if out is not None:  # after every row, so that a run stopped at its time limit keeps what it measured
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+            tmp = out.with_name(out.name + ".tmp")  # then a rename: a run killed mid-write leaves the old file whole
+            tmp.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+            tmp.replace(out)
 
     if args.only != "train":
         _header(JPMAP_COLUMNS)
@@ -321,6 +323,7 @@ def main() -> None:
             record(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak), TRAIN_COLUMNS)
     if out is not None:
         print(f"\n# wrote {out}")
+
 
 if __name__ == "__main__":
     main()
