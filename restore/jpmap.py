@@ -192,6 +192,7 @@ def _compiled(mode: str) -> Callable[..., Tensor]:
 
 # prior -> {(cast_weights, bf16_state): (fingerprint of its parameters, copy)}; dropped with the prior
 _BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its (cast_weights, bf16_state)
 
 
 def _fingerprint(module: torch.nn.Module) -> tuple:
@@ -208,11 +209,13 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
     computes the same numbers without one cast kernel per convolution per call; every other parameter
     stays in its dtype. ``bf16_state`` also runs the decoder's residual stream in bf16 (the copy's
     ``state_dtype``), which changes the numbers. With ``channels_last`` the weights are put in NHWC layout
-    (in place: the values do not change). A prior that is not an ``nn.Module`` is returned as it is."""
+    (in place: the values do not change). A prior that is not an ``nn.Module`` is returned as it is, and so
+    is one of these copies given back for the same settings (the tiled loop hands its copy to jpmap)."""
     if not isinstance(prior, torch.nn.Module):
         return prior
-    if config.precision == "bf16" and (config.cast_weights or config.bf16_state):
-        variant, key = (config.cast_weights, config.bf16_state), _fingerprint(prior)
+    variant = (config.cast_weights, config.bf16_state)
+    if config.precision == "bf16" and (config.cast_weights or config.bf16_state) and _MADE.get(prior) != variant:
+        key = _fingerprint(prior)
         copies = _BF16_COPIES.setdefault(prior, {})
         if variant not in copies or copies[variant][0] != key:
             net = copy.deepcopy(prior)
@@ -223,6 +226,7 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
             if config.bf16_state:
                 net.state_dtype = torch.bfloat16
             copies[variant] = (key, net)
+            _MADE[net] = variant
         prior = copies[variant][1]
     if config.channels_last:
         prior.to(memory_format=torch.channels_last)

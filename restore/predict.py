@@ -228,13 +228,13 @@ class TiledJPMAP(L.LightningModule):
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
         used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
         active = torch.arange(y.shape[0], device=y.device)
+        net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, once (SegmentedPrior is no nn.Module)
         done = 0
         while done < cfg.max_iters and len(active):
             step = min(cfg.check_every, cfg.max_iters - done)
             idx = active.tolist()
             if mask is not None:
                 op = Inpainting(mask[active], self.sigma).to(y.device)
-            net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, made once (SegmentedPrior is no Module)
             prior = net if segments is None else SegmentedPrior(net, [segments[i] for i in idx])
             ya, xa = y[active], x[active]
             if step > 1:

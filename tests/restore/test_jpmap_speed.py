@@ -63,6 +63,7 @@ def test_bf16_weight_copy_gives_autocasts_numbers_and_leaves_the_prior_alone(bus
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
     assert net.log_gamma.dtype == torch.float32  # parameters outside convolutions keep their dtype
     assert network_for(busy_tiny_model, cfg) is net  # made once, reused
+    assert network_for(net, cfg) is net  # a copy handed back (the tiled loop gives jpmap its copy) is not copied again
     assert network_for(busy_tiny_model, JPMAPConfig()) is busy_tiny_model  # fp32: the prior itself
 
 
