@@ -30,13 +30,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_session}
 mkdir -p "$OUT"
 export HF_DATASETS_OFFLINE=1
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import jsonargparse" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --target /tmp/gpu_session_site .whl/*.whl
-    export PYTHONPATH=/tmp/gpu_session_site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
+source benchmarks/device_python.sh  # PY, PYTHONPATH (and the carried wheels)
 FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU

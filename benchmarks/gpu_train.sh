@@ -27,13 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_train}
 mkdir -p "$OUT"
 export HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import jsonargparse" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --target /tmp/gpu_train_site .whl/*.whl
-    export PYTHONPATH=/tmp/gpu_train_site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
+source benchmarks/device_python.sh  # PY, PYTHONPATH (and the carried wheels)
 CONFIG=${CONFIG:-configs/faces.yaml}
 DATA=${DATA:-.carry/faces64}
 KIND=${KIND:-faces}
