@@ -7,13 +7,14 @@
 #      CBSD68 images x 12 settings, in 4 processes sharing the GPU (each is bound by kernel launches, not by
 #      the GPU's arithmetic; their seconds are taken while sharing)
 #   2. eager JPMAP at 320x448 and 1024x1024: fp32; bf16 with the once-made bf16 weight copy (bf16-cl), with
-#      autocast's per-call casts (bf16-cl-percall), and with the decoder's residual stream in bf16 too
-#      (bf16-cl-bf16state); without and then with cudnn.benchmark; a torch.profiler table of each row (which
-#      kernels and convolution shapes take the time)
-#   3. CUDA graphs (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 with and without the bf16
-#      stream, at 1024x1024 with it (about 65 s of compilation each)
+#      each decoder group's prior and posterior nets fused into one (bf16-cl-fused: 462 convolutions per
+#      z-step instead of 602), with the decoder's residual stream in bf16 too (bf16-cl-bf16state, and fused),
+#      with autocast's per-call casts (bf16-cl-percall); without and then with cudnn.benchmark; a
+#      torch.profiler table of each row (which kernels and convolution shapes take the time)
+#   3. CUDA graphs (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 fused and not (both with
+#      the bf16 stream), at 1024x1024 fused (about 65 s of compilation each)
 #   4. eager training steps (fp32, bf16 + channels_last) with cudnn.benchmark, against the first call's rows
-# About 8.5 minutes at most (limits 150 + 60 + 60 + 140 + 80 + 40 s): benchmarks/gpu_train.sh then fits in the
+# About 9 minutes at most (limits 150 + 75 + 75 + 140 + 80 + 40 s): benchmarks/gpu_train.sh then fits in the
 # same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
@@ -35,13 +36,15 @@ FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64 --train-variants fp32)
-    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-percall bf16-cl-bf16state); GRAPHS=(bf16-cl); GRAPHS_LARGE=(bf16-cl)
+    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-bf16state bf16-cl-fused-bf16state bf16-cl-percall)
+    GRAPHS=(bf16-cl bf16-cl-fused); GRAPHS_LARGE=(bf16-cl-fused)
     QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
     IMAGES=(0 1 2 3); PER_PROCESS=1
 else
     SPEED=(--train-variants fp32 bf16-cl)
-    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-percall bf16-cl-bf16state)
-    GRAPHS=(bf16-cl-cudagraphs bf16-cl-cudagraphs-bf16state); GRAPHS_LARGE=(bf16-cl-cudagraphs-bf16state)
+    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-bf16state bf16-cl-fused-bf16state bf16-cl-percall)
+    GRAPHS=(bf16-cl-cudagraphs-fused-bf16state bf16-cl-cudagraphs-bf16state)
+    GRAPHS_LARGE=(bf16-cl-cudagraphs-fused-bf16state)
     QUALITY=(--device cuda)
     IMAGES=(0 17 34 51); PER_PROCESS=17
 fi
@@ -58,7 +61,7 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
 
 # 1. tests/conftest.py hides GPUs (CUDA_VISIBLE_DEVICES="") unless the variable is set: set it, or the CUDA
 #    tests skip (they did in the first call)
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 90 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 150 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py &
 for start in "${IMAGES[@]}"; do
     step 150 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
@@ -72,9 +75,9 @@ rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.l
 
 # 2-4. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 60 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 75 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
-step 60 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 75 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
 step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[0]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark

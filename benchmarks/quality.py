@@ -262,7 +262,8 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
                       precision=args.precision)
         if method == "pnp-hvae":
             r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), channels_last=args.channels_last,
-                                                compile=args.compile, bf16_state=args.bf16_state, **common))
+                                                compile=args.compile, bf16_state=args.bf16_state,
+                                                fuse_nets=args.fuse_nets, **common))
         else:
             r = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
         return r.estimate, r.iterations
@@ -571,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile pnp-hvae's z-step (GPU fast path)")
     p.add_argument("--bf16-state", action="store_true",
                    help="with --precision bf16: pnp-hvae's decoder residual stream in bf16 too (JPMAPConfig.bf16_state)")
+    p.add_argument("--fuse-nets", action="store_true",
+                   help="pnp-hvae's decoder groups run their prior and posterior nets as one (JPMAPConfig.fuse_nets)")
     p.add_argument("--adam-iters", type=int, default=200)
     p.add_argument("--adam-lr", type=float, default=1e-2)
     p.add_argument("--wiener-grad-std", type=float, default=0.1)
@@ -683,7 +686,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         hv_text[f"gamma {v['gamma']:g}/255, tau {tau_text(v)}, {v['iterations']} it, returns {v['return']}"].append(
             f"{s.task} {s.name}")
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "full images"
-    fast = "".join([f", {args.precision}", ", bf16 state" * args.bf16_state, ", channels_last" * args.channels_last,
+    fast = "".join([f", {args.precision}", ", bf16 state" * args.bf16_state, ", fused nets" * args.fuse_nets,
+                    ", channels_last" * args.channels_last,
                     ", compiled" * args.compile])
     settings_of = {  # the settings line describes only what this run computed (merged methods: their own run)
         "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()) + fast,

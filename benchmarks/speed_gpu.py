@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from hvae.config import HVAEConfig  # noqa: E402
-from hvae.cost import parameter_count, training_step_flops, zstep_flops  # noqa: E402
+from hvae.cost import parameter_count, training_step_flops, zstep_flops, zstep_op_counts  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
 from hvae.module import HVAEModule, OptimConfig, SpeedConfig  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
@@ -50,26 +50,34 @@ class Variant:
     compile_mode: str | None  # None: eager
     cast_weights: bool = True  # bf16 JPMAP: a bf16 copy of the convolution weights (False: autocast casts per call)
     bf16_state: bool = False  # bf16 JPMAP: the decoder's residual stream in bf16 too
+    fuse_nets: bool = False  # JPMAP: each decoder group's prior and posterior nets as one net (hvae.fused)
 
     def jpmap_config(self, iters: int) -> JPMAPConfig:
         return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
                            precision="bf16" if self.bf16 else "fp32", channels_last=self.channels_last,
                            compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default",
-                           cast_weights=self.cast_weights, bf16_state=self.bf16_state)
+                           cast_weights=self.cast_weights, bf16_state=self.bf16_state, fuse_nets=self.fuse_nets)
 
 
 VARIANTS = {v.name: v for v in [
     Variant("fp32", False, False, None),
+    Variant("fp32-fused", False, False, None, fuse_nets=True),
     Variant("bf16", True, False, None),
     Variant("bf16-cl", True, True, None),
     Variant("bf16-cl-percall", True, True, None, cast_weights=False),  # as before network_for's bf16 copy
     Variant("bf16-cl-bf16state", True, True, None, bf16_state=True),
+    Variant("bf16-cl-fused", True, True, None, fuse_nets=True),
+    Variant("bf16-cl-fused-bf16state", True, True, None, bf16_state=True, fuse_nets=True),
     Variant("bf16-cl-compile", True, True, "default"),
     Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
     Variant("bf16-cl-cudagraphs-percall", True, True, "reduce-overhead", cast_weights=False),
     Variant("bf16-cl-cudagraphs-bf16state", True, True, "reduce-overhead", bf16_state=True),
+    Variant("bf16-cl-cudagraphs-fused", True, True, "reduce-overhead", fuse_nets=True),
+    Variant("bf16-cl-cudagraphs-fused-bf16state", True, True, "reduce-overhead", bf16_state=True, fuse_nets=True),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
 ]}
+# training has no per-call casts, bf16 stream or fused nets (those are JPMAP's inference copies)
+TRAIN_VARIANTS = [v.name for v in VARIANTS.values() if v.cast_weights and not v.bf16_state and not v.fuse_nets]
 GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]
 GPU_TRAIN = ["fp32", "bf16-cl", "bf16-cl-compile"]
 # On CPU only fp32 by default: bf16 autocast convolutions were 50-160x slower than fp32 on the 2-core
@@ -252,7 +260,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", nargs="+", default=["320x448", "512x512", "1024x1024", "2048x2048"])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="JPMAP variants (default by device)")
-    p.add_argument("--train-variants", nargs="+", choices=sorted(VARIANTS), help="training variants")
+    p.add_argument("--train-variants", nargs="+", help="training variants: " + ", ".join(TRAIN_VARIANTS))
     p.add_argument("--iters", type=int, default=10, help="timed JPMAP iterations (and training steps)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations/steps (default 3 GPU, 1 CPU)")
     p.add_argument("--train-batch", type=int, default=None, help="default 16 (GPU), 1 (CPU)")
@@ -268,6 +276,9 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the settings and rows to this JSON file, after every "
                    "row; rows already in it are kept (several runs with their own time limits share one file)")
     args = p.parse_args()
+    wrong = [v for v in args.train_variants or [] if v not in TRAIN_VARIANTS]
+    if wrong:
+        p.error(f"--train-variants {' '.join(wrong)}: not a training variant; choose from {', '.join(TRAIN_VARIANTS)}")
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -289,14 +300,18 @@ def main() -> None:
     tsize = args.train_size or (128 if gpu else 64)
     n_params = parameter_count(HierarchicalVAE(arch))
     mflop_px = zstep_flops(arch, 64, 64) / 4096 / 1e6
+    ops = {kind: zstep_op_counts(arch, 64, 64, fused=kind == "fused") for kind in ("plain", "fused")}
 
     print(f"# {name}; torch {torch.__version__}; {Path(args.config).name}: {n_params / 1e6:.2f} M parameters, "
           f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}, "
           f"benchmark {args.cudnn_benchmark}; "
           f"bf16 peak {_fmt(peak, 0)} TFLOP/s; {warmup} warm-up + {args.iters} timed iterations")
+    print("# z-step operators (eager, fp32, tau 0.8): " + "; ".join(
+        f"{kind} {c['convolutions']} convolutions, {c['operators']} aten operators, "
+        f"{c['flops'] / 4096 / 1e6:.2f} MFLOP/px executed" for kind, c in ops.items()))
     meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
             "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup,
-            "cudnn_benchmark": args.cudnn_benchmark}
+            "cudnn_benchmark": args.cudnn_benchmark, "zstep_ops": ops}
     out = Path(args.json) if args.json else None
     rows = json.loads(out.read_text())["rows"] if out is not None and out.is_file() else []
 

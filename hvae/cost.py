@@ -7,7 +7,10 @@ the published figure for PnP-HVAE's network (5.63 MFLOP per pixel per z-step = 2
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import HVAEConfig
@@ -42,3 +45,30 @@ def training_step_flops(config: HVAEConfig, height: int, width: int, batch: int 
     with FlopCounterMode(display=False) as counter:
         model.elbo(x).loss.backward()
     return int(counter.get_total_flops())
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched (after autograd): in eager mode, about one kernel each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def zstep_op_counts(config: HVAEConfig, height: int, width: int, fused: bool = False, tau: float = 0.8) -> dict:
+    """What one z-step (``encode_decode`` on [1, C, height, width]) dispatches, on the meta device:
+    ``convolutions``, ``operators`` (all aten operators, views included) and ``flops`` (as executed: the fused
+    nets of :mod:`hvae.fused` multiply by their zero blocks too). ``fused``: on :func:`hvae.fused.fuse_nets`'s copy."""
+    model = meta_model(config)
+    if fused:
+        from .fused import fuse_nets
+        model = fuse_nets(model)
+    x = torch.zeros(1, config.image_channels, height, width, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as flops, _OpCounter() as ops:
+        model.encode_decode(x, tau)
+    return {"convolutions": ops.counts["convolution"], "operators": sum(ops.counts.values()),
+            "flops": int(flops.get_total_flops())}

@@ -47,7 +47,7 @@ class ELBO:
 class TopDown:
     mean: Tensor  # [N, C, H, W] decoder mean in model range [-1, 1]
     latents: list[Tensor]  # G tensors [N, latent_channels, h_l, w_l], top group first
-    kl: list[Tensor]  # per group elementwise KL (empty without posterior)
+    kl: list[Tensor]  # per group elementwise KL (only with keep_kl and an encoded image)
     priors: list[DiagonalGaussian]  # per group prior (only when keep_priors)
 
 
@@ -88,7 +88,7 @@ class DecoderGroup(nn.Module):
         posterior = self._gaussian(self.posterior_net(torch.cat([state, act], 1))) if act is not None else None
         if self.prior_net is None:
             shape = (state.shape[0], self.zc, *state.shape[2:])
-            zeros = state.new_zeros(shape)
+            zeros = state.new_zeros(shape, dtype=torch.float32)  # fp32 statistics, as _gaussian gives
             prior = DiagonalGaussian(zeros, zeros)
         else:
             h = self.prior_net(state)
@@ -205,8 +205,10 @@ class HierarchicalVAE(nn.Module):
         return state if self.config.upsample == "conv_nearest" else proj(state)
 
     def top_down(self, rule: LatentRule, batch: int, height: int, width: int,
-                 activations: Sequence[Tensor] | None = None, keep_priors: bool = False) -> TopDown:
-        """The one top-down pass: each group's latent is chosen by ``rule`` (see latent_rules)."""
+                 activations: Sequence[Tensor] | None = None, keep_priors: bool = False,
+                 keep_kl: bool = False) -> TopDown:
+        """The one top-down pass: each group's latent is chosen by ``rule`` (see latent_rules). ``keep_kl``:
+        also each group's KL(q || p) (the ELBO; the z-step has no use for it), ``keep_priors``: each prior."""
         if rule.needs_posterior and activations is None:
             raise ValueError("this latent rule needs an encoded image (activations)")
         self._check(height, width)
@@ -222,7 +224,7 @@ class HierarchicalVAE(nn.Module):
             act = activations[level] if activations is not None else None
             state, z, posterior, prior = group(state, act, rule, index)
             latents.append(z)
-            if posterior is not None:
+            if keep_kl and posterior is not None:
                 kls.append(kl_divergence(posterior, prior))
             if keep_priors:
                 priors.append(prior)
@@ -251,7 +253,7 @@ class HierarchicalVAE(nn.Module):
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> ELBO:
         """Negative ELBO: -log p(x | z) + sum_l KL(q(z_l | z_<l, x) || p(z_l | z_<l)), z ~ q."""
         n, _, h, w = x.shape
-        pass_ = self.top_down(PosteriorSample(generator), n, h, w, self.bottom_up(x))
+        pass_ = self.top_down(PosteriorSample(generator), n, h, w, self.bottom_up(x), keep_kl=True)
         dims = x[0].numel()
         recon = -self.log_likelihood(x, pass_.mean).flatten(1).sum(1) / dims
         kl = torch.stack([k.flatten(1).sum(1) for k in pass_.kl], dim=1) / dims

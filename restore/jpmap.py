@@ -61,6 +61,7 @@ class JPMAPConfig:
     cast_weights: bool = True  # bf16: convolutions run on a bf16 copy of their weights, made once (False: autocast
     #                            casts every weight at every call, one extra kernel per convolution)
     bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact)
+    fuse_nets: bool = False  # each decoder group's prior and posterior nets as one net (hvae.fused): fewer kernels
 
     def __post_init__(self) -> None:
         if not self.gamma > 0 or not math.isfinite(self.gamma):
@@ -190,9 +191,9 @@ def _compiled(mode: str) -> Callable[..., Tensor]:
     return _COMPILED[mode]
 
 
-# prior -> {(cast_weights, bf16_state): (fingerprint of its parameters, copy)}; dropped with the prior
-_BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its (cast_weights, bf16_state)
+# prior -> {(fuse_nets, bf16 weights, bf16 state): (fingerprint of its parameters, copy)}; dropped with the prior
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its variant
 
 
 def _fingerprint(module: torch.nn.Module) -> tuple:
@@ -203,27 +204,38 @@ def _fingerprint(module: torch.nn.Module) -> tuple:
 def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
     """The prior as the network passes of ``config`` run it.
 
-    With precision "bf16" and ``cast_weights``: a copy of the prior whose ``nn.Conv2d`` weights and biases
-    are bf16, made once and reused while the prior's parameters are unchanged (the prior itself is left
-    as it is). Under autocast a convolution casts its input, weight and bias to bf16 anyway, so the copy
-    computes the same numbers without one cast kernel per convolution per call; every other parameter
-    stays in its dtype. ``bf16_state`` also runs the decoder's residual stream in bf16 (the copy's
-    ``state_dtype``), which changes the numbers. With ``channels_last`` the weights are put in NHWC layout
-    (in place: the values do not change). A prior that is not an ``nn.Module`` is returned as it is, and so
-    is one of these copies given back for the same settings (the tiled loop hands its copy to jpmap)."""
+    A copy of the prior, made once and reused while the prior's parameters are unchanged (the prior itself is
+    left as it is), when ``config`` asks for one of:
+
+    - ``fuse_nets``: each decoder group's prior and posterior nets run as one net (:func:`hvae.fused.fuse_nets`;
+      the same numbers up to the order of floating-point sums, fewer convolutions);
+    - precision "bf16" with ``cast_weights``: the ``nn.Conv2d`` weights and biases are bf16. Under autocast a
+      convolution casts its input, weight and bias to bf16 anyway, so the copy computes the same numbers without
+      one cast kernel per convolution per call; every other parameter stays in its dtype;
+    - precision "bf16" with ``bf16_state``: the decoder's residual stream in bf16 too (the copy's
+      ``state_dtype``), which changes the numbers.
+
+    With ``channels_last`` the weights are put in NHWC layout (in place: the values do not change). A prior that
+    is not an ``nn.Module`` is returned as it is, and so is one of these copies given back for the same settings
+    (the tiled loop hands its copy to jpmap)."""
     if not isinstance(prior, torch.nn.Module):
         return prior
-    variant = (config.cast_weights, config.bf16_state)
-    if config.precision == "bf16" and (config.cast_weights or config.bf16_state) and _MADE.get(prior) != variant:
+    bf16 = config.precision == "bf16"
+    variant = (config.fuse_nets, bf16 and config.cast_weights, bf16 and config.bf16_state)
+    if any(variant) and _MADE.get(prior) != variant:
         key = _fingerprint(prior)
-        copies = _BF16_COPIES.setdefault(prior, {})
+        copies = _COPIES.setdefault(prior, {})
         if variant not in copies or copies[variant][0] != key:
-            net = copy.deepcopy(prior)
-            if config.cast_weights:
+            if config.fuse_nets:
+                from hvae.fused import fuse_nets
+                net = fuse_nets(prior)
+            else:
+                net = copy.deepcopy(prior)
+            if variant[1]:
                 for module in net.modules():
                     if isinstance(module, torch.nn.Conv2d):
                         module.to(torch.bfloat16)
-            if config.bf16_state:
+            if variant[2]:
                 net.state_dtype = torch.bfloat16
             copies[variant] = (key, net)
             _MADE[net] = variant

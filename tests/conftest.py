@@ -29,6 +29,16 @@ def tiny_model() -> HierarchicalVAE:
     return HierarchicalVAE(TINY).eval()
 
 
+@pytest.fixture
+def busy_tiny_model(tiny_model) -> HierarchicalVAE:
+    """The tiny model with every weight perturbed, so that G(E(x)) really depends on x (zero-initialised
+    last layers make a fresh model's output nearly constant) and every block carries real numbers."""
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return tiny_model
+
+
 def _load_benchmark(name: str):
     """benchmarks/<name>.py imported as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", Path(__file__).parent.parent / "benchmarks" / f"{name}.py")

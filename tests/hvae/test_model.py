@@ -140,3 +140,14 @@ def test_config_round_trip_and_errors(tiny_config):
         HVAEConfig.from_dict({**tiny_config.to_dict(), "latent_channels": "8"})
     with pytest.raises(ConfigError, match="one value per level"):
         HVAEConfig(widths=(8, 8), strides=(2, 2, 1))
+
+
+def test_top_down_keeps_the_kl_only_when_asked(tiny_model):
+    from hvae.latent_rules import TemperedMode
+    x = torch.rand(1, 3, 16, 16)
+    acts = tiny_model.bottom_up(x)
+    with torch.no_grad():
+        plain = tiny_model.top_down(TemperedMode(0.8, tiny_model.num_groups), 1, 16, 16, acts)
+        kept = tiny_model.top_down(TemperedMode(0.8, tiny_model.num_groups), 1, 16, 16, acts, keep_kl=True)
+    assert plain.kl == [] and len(kept.kl) == tiny_model.num_groups
+    torch.testing.assert_close(plain.mean, kept.mean)

@@ -1,0 +1,104 @@
+"""Inference copy of a trained HVAE whose decoder groups run their prior and posterior nets as one net.
+
+In a decoder group (:class:`hvae.model.DecoderGroup`) the posterior net reads act([state, skip]) and the
+prior net act(state); both are bottleneck blocks (1x1 -> kxk -> kxk -> 1x1). Stacked, they are one block:
+
+- first 1x1 conv on act([state, skip]): W1 = [[W1_q], [W1_p, 0]] (the prior's rows see no skip channels),
+  2*mid outputs;
+- the two kxk convs as one grouped conv (groups=2): the posterior's mid channels, then the prior's;
+- last 1x1 conv, block-diagonal: outputs [posterior stats (2 zc) | prior stats (2 zc) | state increment].
+
+The numbers are the same up to the order of floating-point sums; the group runs 9 convolutions instead
+of 13 (4 instead of 8 for the two nets) and reads act(state) once, for 6% more multiply-adds (the zero blocks of
+the two 1x1 convs). Nothing changes in training: the copy is for the z-step (:func:`restore.jpmap.network_for`
+with ``JPMAPConfig(fuse_nets=True)``); it shares no parameter with the model it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .layers import Block
+from .model import DecoderGroup, HierarchicalVAE
+
+
+class FusedNets(nn.Module):
+    """The posterior and prior nets of one decoder group as one bottleneck block (see the module docstring)."""
+
+    def __init__(self, posterior: Block, prior: Block, width: int, zc: int) -> None:
+        super().__init__()
+        self.act, self.width, self.zc = posterior.act, width, zc
+        mid, kernel = posterior.c2.in_channels, posterior.c2.kernel_size[0]
+        in_q, out_p = posterior.c1.in_channels, prior.c4.out_channels  # width + skip, 2 zc + width
+        dev, dt = posterior.c1.weight.device, posterior.c1.weight.dtype
+        self.mid = mid
+        self.c1 = nn.Conv2d(in_q, 2 * mid, 1, device=dev, dtype=dt)
+        self.c2 = nn.Conv2d(2 * mid, 2 * mid, kernel, padding=kernel // 2, groups=2, device=dev, dtype=dt)
+        self.c3 = nn.Conv2d(2 * mid, 2 * mid, kernel, padding=kernel // 2, groups=2, device=dev, dtype=dt)
+        self.c4 = nn.Conv2d(2 * mid, 2 * zc + out_p, 1, device=dev, dtype=dt)
+        with torch.no_grad():
+            self.c1.weight.zero_()
+            self.c1.weight[:mid] = posterior.c1.weight
+            self.c1.weight[mid:, :width] = prior.c1.weight
+            self.c1.bias.copy_(torch.cat([posterior.c1.bias, prior.c1.bias]))
+            for fused, q, p in ((self.c2, posterior.c2, prior.c2), (self.c3, posterior.c3, prior.c3)):
+                fused.weight.copy_(torch.cat([q.weight, p.weight]))  # [2 mid, mid, k, k]: group 0 then group 1
+                fused.bias.copy_(torch.cat([q.bias, p.bias]))
+            self.c4.weight.zero_()
+            self.c4.weight[: 2 * zc, :mid] = posterior.c4.weight
+            self.c4.weight[2 * zc:, mid:] = prior.c4.weight
+            self.c4.bias.copy_(torch.cat([posterior.c4.bias, prior.c4.bias]))
+
+    def forward(self, state: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
+        """(posterior net output [N, 2 zc, h, w], prior net output [N, 2 zc + width, h, w])."""
+        h = self.c1(self.act(torch.cat([state, skip], 1)))
+        h = self.c4(self.act(self.c3(self.act(self.c2(self.act(h))))))
+        return h[:, : 2 * self.zc], h[:, 2 * self.zc:]
+
+    def prior_only(self, state: Tensor) -> Tensor:
+        """The prior net alone (no encoded image: sampling, decoding given latents), from the fused weights."""
+        m, w = self.mid, self.width
+        h = F.conv2d(self.act(state), self.c1.weight[m:, :w], self.c1.bias[m:])
+        for c in (self.c2, self.c3):
+            h = F.conv2d(self.act(h), c.weight[m:], c.bias[m:], padding=c.padding)
+        return F.conv2d(self.act(h), self.c4.weight[2 * self.zc:, m:], self.c4.bias[2 * self.zc:])
+
+
+class FusedDecoderGroup(nn.Module):
+    """A :class:`DecoderGroup` with a learned prior whose two nets run as :class:`FusedNets`; same interface.
+
+    Takes over the group's ``z_proj`` and ``resnet`` (build it from a copy, as :func:`fuse_nets` does)."""
+
+    def __init__(self, group: DecoderGroup) -> None:
+        super().__init__()
+        width = group.resnet.c1.in_channels
+        self.zc, self.min_log_std = group.zc, group.min_log_std
+        self.nets = FusedNets(group.posterior_net, group.prior_net, width, group.zc)
+        self.z_proj, self.resnet = group.z_proj, group.resnet
+
+    _gaussian = DecoderGroup._gaussian  # the same fp32 statistics and clamp
+
+    def forward(self, state: Tensor, act: Tensor | None, rule, index: int):
+        if act is None:
+            posterior, h = None, self.nets.prior_only(state)
+        else:
+            h_q, h = self.nets(state, act)
+            posterior = self._gaussian(h_q)
+        prior = self._gaussian(h[:, : 2 * self.zc])
+        state = state + h[:, 2 * self.zc:]
+        z = rule(index, posterior, prior)
+        state = self.resnet(state + self.z_proj(z))
+        return state, z, posterior, prior
+
+
+def fuse_nets(model: HierarchicalVAE) -> HierarchicalVAE:
+    """A copy of ``model`` for inference whose decoder groups with a learned prior are fused (module docstring)."""
+    if not isinstance(model, HierarchicalVAE):
+        raise TypeError(f"fuse_nets needs a HierarchicalVAE, got {type(model).__name__}")
+    fused = copy.deepcopy(model)
+    fused.groups = nn.ModuleList([g if g.prior_net is None else FusedDecoderGroup(g) for g in fused.groups])
+    return fused

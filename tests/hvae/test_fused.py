@@ -1,0 +1,70 @@
+"""hvae.fused: the inference copy whose decoder groups run their prior and posterior nets as one net."""
+
+import pytest
+import torch
+
+from hvae.fused import FusedDecoderGroup, fuse_nets
+
+
+def _conv_calls(model, fn):
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(calls)
+
+
+def test_fused_copy_gives_the_same_latents_and_decoding(busy_tiny_model):
+    fused = fuse_nets(busy_tiny_model)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z_ref, g_ref = busy_tiny_model.encode_decode(x, [1.0, 0.9, 0.7, 0.5])
+        z, g = fused.encode_decode(x, [1.0, 0.9, 0.7, 0.5])
+    assert float(g_ref.std()) > 0.05  # the decoding depends on the image: the comparison means something
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(z, z_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_copy_samples_decodes_and_scores_like_the_model(busy_tiny_model):
+    """The paths without an encoded image use the prior's rows of the fused weights."""
+    fused = fuse_nets(busy_tiny_model)
+    with torch.no_grad():
+        ref = busy_tiny_model.sample(2, 32, 32, 0.8, torch.Generator().manual_seed(3))
+        out = fused.sample(2, 32, 32, 0.8, torch.Generator().manual_seed(3))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+        latents = busy_tiny_model.encode(x, 0.9)
+        g_ref, logp_ref = busy_tiny_model.decode_log_prior(latents, 0.9)
+        g, logp = fused.decode_log_prior(latents, 0.9)
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logp, logp_ref, rtol=1e-5, atol=1e-3)
+        e_ref = busy_tiny_model.elbo(x, torch.Generator().manual_seed(5))
+        e = fused.elbo(x, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(e.loss, e_ref.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_copy_runs_four_fewer_convolutions_per_group_and_leaves_the_model_alone(busy_tiny_model, tiny_config):
+    before = {k: v.clone() for k, v in busy_tiny_model.state_dict().items()}
+    fused = fuse_nets(busy_tiny_model)
+    learned = sum(1 for g in busy_tiny_model.groups if g.prior_net is not None)
+    assert learned == tiny_config.num_groups - 1  # the top group's prior is N(0, I): nothing to fuse there
+    assert sum(isinstance(g, FusedDecoderGroup) for g in fused.groups) == learned
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        plain = _conv_calls(busy_tiny_model, lambda: busy_tiny_model.encode_decode(x, 0.9))
+        fewer = _conv_calls(fused, lambda: fused.encode_decode(x, 0.9))
+    assert plain - fewer == 4 * learned
+    fused_params = {p.data_ptr() for p in fused.parameters()}
+    assert not fused_params & {p.data_ptr() for p in busy_tiny_model.parameters()}  # no shared storage
+    for k, v in busy_tiny_model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_fuse_nets_refuses_what_is_not_an_hvae():
+    with pytest.raises(TypeError, match="HierarchicalVAE"):
+        fuse_nets(torch.nn.Linear(2, 2))
