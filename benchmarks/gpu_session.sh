@@ -6,15 +6,17 @@
 #   1. side by side: the CUDA-only tests, and PnP-HVAE (fp32) on the full-image deblurring protocol, all 68
 #      CBSD68 images x 12 settings, in 4 processes sharing the GPU (each is bound by kernel launches, not by
 #      the GPU's arithmetic; their seconds are taken while sharing)
-#   2. eager JPMAP at 320x448 and 1024x1024: fp32; bf16 with the once-made bf16 weight copy (bf16-cl), with
-#      each decoder group's prior and posterior nets fused into one (bf16-cl-fused: 462 convolutions per
-#      z-step instead of 602), with the decoder's residual stream in bf16 too (bf16-cl-bf16state, and fused),
-#      with autocast's per-call casts (bf16-cl-percall); without and then with cudnn.benchmark; a
-#      torch.profiler table of each row (which kernels and convolution shapes take the time)
-#   3. CUDA graphs (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 fused and not (both with
-#      the bf16 stream), at 1024x1024 fused (about 65 s of compilation each)
-#   4. eager training steps (fp32, bf16 + channels_last) with cudnn.benchmark, against the first call's rows
-# About 9 minutes at most (limits 150 + 75 + 75 + 140 + 80 + 40 s): benchmarks/gpu_train.sh then fits in the
+#   2. eager JPMAP at 320x448 and 1024x1024, a torch.profiler table of each row (which kernels and convolution
+#      shapes take the time): first without cudnn.benchmark: fp32; bf16 with the once-made bf16 weight copy
+#      (bf16-cl), with each decoder group's prior and posterior nets fused into one (bf16-cl-fused: 462
+#      convolutions per z-step instead of 602), fused with the decoder's residual stream in bf16 too
+#      (bf16-cl-fused-bf16state), with autocast's per-call casts (bf16-cl-percall); then with cudnn.benchmark:
+#      bf16-cl, bf16-cl-fused, bf16-cl-fused-bf16state, and each replayed from a CUDA graph of the eager pass
+#      (*-graph: no compilation)
+#   3. CUDA graphs of the compiled pass (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 fused
+#      and not (both with the bf16 stream), at 1024x1024 fused (about 65 s of compilation each)
+#   (training speed is not measured again: the first call's rows stand, and nothing in training changed)
+# About 9.5 minutes at most (limits 180 + 90 + 90 + 140 + 70 s): benchmarks/gpu_train.sh then fits in the
 # same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
@@ -36,13 +38,16 @@ FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64 --train-variants fp32)
-    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-bf16state bf16-cl-fused-bf16state bf16-cl-percall)
+    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-percall)
+    EAGER_BENCH=(bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-graph bf16-cl-fused-graph)
     GRAPHS=(bf16-cl bf16-cl-fused); GRAPHS_LARGE=(bf16-cl-fused)
     QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
     IMAGES=(0 1 2 3); PER_PROCESS=1
 else
     SPEED=(--train-variants fp32 bf16-cl)
-    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-bf16state bf16-cl-fused-bf16state bf16-cl-percall)
+    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-percall)
+    EAGER_BENCH=(bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-graph bf16-cl-fused-graph
+                 bf16-cl-fused-bf16state-graph)
     GRAPHS=(bf16-cl-cudagraphs-fused-bf16state bf16-cl-cudagraphs-bf16state)
     GRAPHS_LARGE=(bf16-cl-cudagraphs-fused-bf16state)
     QUALITY=(--device cuda)
@@ -61,10 +66,10 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
 
 # 1. tests/conftest.py hides GPUs (CUDA_VISIBLE_DEVICES="") unless the variable is set: set it, or the CUDA
 #    tests skip (they did in the first call)
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 150 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 180 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py &
 for start in "${IMAGES[@]}"; do
-    step 150 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
+    step 180 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
         --tasks deblur --methods pnp-hvae --start "$start" --limit "$PER_PROCESS" "${QUALITY[@]}" \
         --out "$OUT/quality_$start.csv" --tables "$OUT/quality_$start.md" &
 done
@@ -75,15 +80,14 @@ rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.l
 
 # 2-4. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 75 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 90 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
-step 75 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
-    --variants "${EAGER[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
+step 90 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+    --variants "${EAGER_BENCH[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
 step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[0]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
-step 80 speed_graphs_large.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]:1}" \
+step 70 speed_graphs_large.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]:1}" \
     --variants "${GRAPHS_LARGE[@]}" --cudnn-benchmark
-step 40 speed_train.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --cudnn-benchmark
-LOGS=(speed_eager speed_eager_bench speed_graphs speed_graphs_large speed_train)
+LOGS=(speed_eager speed_eager_bench speed_graphs speed_graphs_large)
 for log in "${LOGS[@]}"; do cat "$OUT/$log.log"; rm -f "$OUT/$log.log"; done > "$OUT/speed.log"
 ls -la "$OUT"

@@ -18,14 +18,16 @@ smallest residual; kept on the device, with no extra host synchronisation.
 
 Fast path (JPMAPConfig): bf16 autocast for the network passes (the x-step and its FFTs stay fp32) with
 the convolution weights cast to bf16 once (:func:`network_for`) rather than by autocast at every call,
-channels_last, torch.compile of the network pass (CUDA graphs with compile_mode="reduce-overhead"); the
-history is kept as device tensors and read once at the end, and the convergence test, the loop's only
-host synchronisation, runs every ``check_every`` iterations.
+channels_last, the decoder groups' two nets fused into one (``fuse_nets``), torch.compile of the network pass
+(CUDA graphs with compile_mode="reduce-overhead") or, with no compilation, the eager pass replayed from a
+CUDA graph (``cuda_graph``); the history is kept as device tensors and read once at the end, and the
+convergence test, the loop's only host synchronisation, runs every ``check_every`` iterations.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 import weakref
@@ -62,6 +64,8 @@ class JPMAPConfig:
     #                            casts every weight at every call, one extra kernel per convolution)
     bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact)
     fuse_nets: bool = False  # each decoder group's prior and posterior nets as one net (hvae.fused): fewer kernels
+    cuda_graph: bool = False  # CUDA: replay the eager network pass from a CUDA graph captured once per input
+    #                           shape (no launch cost, no compilation); ignored on other devices
 
     def __post_init__(self) -> None:
         if not self.gamma > 0 or not math.isfinite(self.gamma):
@@ -78,6 +82,9 @@ class JPMAPConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.bf16_state and self.precision != "bf16":
             raise ValueError("bf16_state needs precision='bf16'")
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph replays the eager pass; with compile=True use compile_mode='reduce-overhead' "
+                             "for CUDA graphs instead")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
 
@@ -177,7 +184,8 @@ def z_step(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32",
     return latents, crop(decoded, size).to(x.dtype)
 
 
-def _decoded_pass(prior: Prior, x: Tensor, taus: list[float], precision: str, channels_last: bool) -> Tensor:
+def _decoded_pass(prior: Prior, x: Tensor, taus: list[float], precision: str = "fp32",
+                  channels_last: bool = False) -> Tensor:
     """G(E_tau(x)) only (the latents are dropped, so a compiled graph does not keep them)."""
     return z_step(prior, x, taus, precision, channels_last)[1]
 
@@ -245,17 +253,68 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
     return prior
 
 
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {key: (fingerprint, graph, in, out)}
+MAX_GRAPHS = 4  # captured graphs kept per network (each holds the memory of one pass), least recently used dropped
+
+
+def _graphed(net: Prior, fn: Callable[[Tensor], Tensor], settings: tuple) -> Callable[[Tensor], Tensor]:
+    """``fn``, the pass of ``net`` with ``settings`` (no randomness, no host synchronisation), replayed from a CUDA graph.
+
+    For a CUDA input of a shape not seen yet: two warm-up calls on a side stream (cuDNN's algorithm choice, the
+    allocator), then the capture of one call into a graph with a static input and output. Each call copies its
+    input into the static one, replays the graph and returns a copy of the static output. The graphs are kept
+    with the network (the last ``MAX_GRAPHS`` shapes and settings), so later jpmap calls on images of the same
+    size replay them, and captured again when the network's parameters change (the graph reads the memory they
+    had). A prior that is not an ``nn.Module`` keeps its graphs for this function only. Inputs on other devices
+    run ``fn``."""
+    own: dict = {}
+
+    def step(x: Tensor) -> Tensor:
+        if x.device.type != "cuda":
+            return fn(x)
+        module = isinstance(net, torch.nn.Module)
+        cache = _GRAPHS.setdefault(net, {}) if module else own
+        key = (settings, tuple(x.shape), x.dtype, x.device, x.stride())
+        stamp = _fingerprint(net) if module else None
+        entry = cache.pop(key, None)  # popped and put back last: the dict's order is the order of use
+        if entry is None or entry[0] != stamp:
+            static_in = x.clone()
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = fn(static_in)
+            entry = (stamp, graph, static_in, static_out)
+        cache[key] = entry
+        while len(cache) > MAX_GRAPHS:
+            cache.pop(next(iter(cache)))
+        _, graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    return step
+
+
 def make_decoder_step(prior: Prior, taus: list[float], config: JPMAPConfig) -> Callable[[Tensor], Tensor]:
     """The network part of the z-step as the loop uses it: x -> G(E_tau(x)), same size and dtype as x.
 
     bf16 autocast when ``config.precision`` is "bf16", on the network of :func:`network_for`; with
     ``config.channels_last`` the input and the weights are in NHWC layout; with ``config.compile`` the pass
     is compiled by torch.compile (``config.compile_mode``), its output copied out of the compiled graph's
-    memory (CUDA graphs reuse it from one call to the next).
+    memory (CUDA graphs reuse it from one call to the next); with ``config.cuda_graph`` the eager pass is
+    captured in a CUDA graph per input shape and replayed (:func:`_graphed`).
     """
     prior = network_for(prior, config)
     if not config.compile:
-        return lambda x: _decoded_pass(prior, x, taus, config.precision, config.channels_last)
+        eager = functools.partial(_decoded_pass, prior, taus=taus, precision=config.precision,
+                                  channels_last=config.channels_last)
+        settings = (tuple(taus), config.precision, config.channels_last)
+        return _graphed(prior, eager, settings) if config.cuda_graph else eager
     run = _compiled(config.compile_mode)
 
     def step(x: Tensor) -> Tensor:

@@ -121,19 +121,6 @@ def test_compiled_pass_matches_eager_with_dynamo_capture_on_cpu(busy_tiny_model,
     torch.testing.assert_close(out.decoded, ref.decoded)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compilation is tested on CUDA only (too slow on CPU)")
-@pytest.mark.parametrize("mode, fuse", [("default", False), ("reduce-overhead", False), ("reduce-overhead", True)])
-def test_compiled_bf16_pass_on_cuda(busy_tiny_model, mode, fuse):
-    model = busy_tiny_model.cuda()
-    y = _smooth_image(64).cuda()
-    op = Denoising(0.05)
-    ref = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16"))
-    out = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16", channels_last=True,
-                                          compile=True, compile_mode=mode, fuse_nets=fuse))
-    assert out.x.device.type == "cuda"
-    assert float((out.x - ref.x).abs().max()) < 0.02
-
-
 def test_bad_compile_mode_is_refused():
     with pytest.raises(ValueError, match="compile_mode"):
         JPMAPConfig(compile_mode="fast")
@@ -160,3 +147,49 @@ def test_fused_nets_give_jpmap_the_same_iterates_and_compose_with_bf16(busy_tiny
                         torch.compile(jpmap_module._decoded_pass, backend="eager", dynamic=False, fullgraph=True))
     compiled = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0, fuse_nets=True, compile=True))
     torch.testing.assert_close(compiled.x, out.x)
+
+
+def test_cuda_graph_option_runs_the_eager_pass_off_cuda_and_refuses_compile(busy_tiny_model):
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    ref = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0))
+    out = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0, cuda_graph=True))
+    assert torch.equal(out.x, ref.x)  # no CUDA here: the same eager pass
+    with pytest.raises(ValueError, match="cuda_graph"):
+        JPMAPConfig(cuda_graph=True, compile=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+@pytest.mark.parametrize("precision, fuse", [("fp32", False), ("bf16", True)])
+def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fuse):
+    model = busy_tiny_model.cuda()
+    op = Denoising(0.05)
+    y, y2 = _smooth_image(64).cuda(), _smooth_image(64, seed=1).cuda()
+    cfg = JPMAPConfig(max_iters=5, tol=0.0, precision=precision, fuse_nets=fuse, channels_last=precision == "bf16")
+    ref = jpmap(y, op, model, cfg)
+    graphed = JPMAPConfig(**{**cfg.__dict__, "cuda_graph": True})
+    out = jpmap(y, op, model, graphed)
+    assert float((out.x - ref.x).abs().max()) < 1e-4 and len(out.history.residual) == 5
+    # a second image of the same shape and a batch of two (a new capture) in one more call each
+    torch.testing.assert_close(jpmap(y2, op, model, graphed).x, jpmap(y2, op, model, cfg).x, atol=1e-4, rtol=0)
+    both = torch.cat([y, y2])
+    torch.testing.assert_close(jpmap(both, op, model, graphed).x, jpmap(both, op, model, cfg).x, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        model.out.weight.mul_(1.5)  # the graphs read the old weights' memory: captured again
+    changed = jpmap(y, op, model, graphed).x
+    torch.testing.assert_close(changed, jpmap(y, op, model, cfg).x, atol=1e-4, rtol=0)
+    assert float((changed - out.x).abs().max()) > 1e-3
+
+
+# last in the file: inductor's compilations are the slowest CUDA tests (gpu_session.sh runs them under a time limit)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compilation is tested on CUDA only (too slow on CPU)")
+@pytest.mark.parametrize("mode, fuse", [("default", False), ("reduce-overhead", False), ("reduce-overhead", True)])
+def test_compiled_bf16_pass_on_cuda(busy_tiny_model, mode, fuse):
+    model = busy_tiny_model.cuda()
+    y = _smooth_image(64).cuda()
+    op = Denoising(0.05)
+    ref = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16"))
+    out = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16", channels_last=True,
+                                          compile=True, compile_mode=mode, fuse_nets=fuse))
+    assert out.x.device.type == "cuda"
+    assert float((out.x - ref.x).abs().max()) < 0.02
