@@ -9,7 +9,7 @@ prior net act(state); both are bottleneck blocks (1x1 -> kxk -> kxk -> 1x1). Sta
 - last 1x1 conv, block-diagonal: outputs [posterior stats (2 zc) | prior stats (2 zc) | state increment].
 
 The numbers are the same up to the order of floating-point sums; the group runs 9 convolutions instead
-of 13 (4 instead of 8 for the two nets) and reads act(state) once, for 6% more multiply-adds (the zero blocks of
+of 13 (4 instead of 8 for the two nets) and reads act(state) once, for about 7% more multiply-adds (the zero blocks of
 the two 1x1 convs). Nothing changes in training: the copy is for the z-step (:func:`restore.jpmap.network_for`
 with ``JPMAPConfig(fuse_nets=True)``); it shares no parameter with the model it came from.
 """

@@ -254,7 +254,8 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
 
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # network -> {key: (fingerprint, graph, in, out)}
-MAX_GRAPHS = 4  # captured graphs kept per network (each holds the memory of one pass), least recently used dropped
+MAX_GRAPHS = 2  # captured graphs kept per network (each holds the memory of one pass: GBs for a large image);
+#                the least recently used is dropped. 2: the two orientations of a data set like CBSD68
 
 
 def _graphed(net: Prior, fn: Callable[[Tensor], Tensor], settings: tuple) -> Callable[[Tensor], Tensor]:
