@@ -266,19 +266,19 @@ def _graphed(net: Prior, fn: Callable[[Tensor], Tensor], settings: tuple) -> Cal
     input into the static one, replays the graph and returns a copy of the static output. The graphs are kept
     with the network (the last ``MAX_GRAPHS`` shapes and settings), so later jpmap calls on images of the same
     size replay them, and captured again when the network's parameters change (the graph reads the memory they
-    had). A prior that is not an ``nn.Module`` keeps its graphs for this function only. Inputs on other devices
-    run ``fn``."""
-    own: dict = {}
+    had). Inputs on other devices, and a prior that is not an ``nn.Module`` (the tiled loop's wrapper of a window
+    cut in segments, made anew for each chunk of iterations), run ``fn``: a capture costs three passes."""
 
     def step(x: Tensor) -> Tensor:
-        if x.device.type != "cuda":
+        if x.device.type != "cuda" or not isinstance(net, torch.nn.Module):
             return fn(x)
-        module = isinstance(net, torch.nn.Module)
-        cache = _GRAPHS.setdefault(net, {}) if module else own
+        cache = _GRAPHS.setdefault(net, {})
         key = (settings, tuple(x.shape), x.dtype, x.device, x.stride())
-        stamp = _fingerprint(net) if module else None
+        stamp = _fingerprint(net)
         entry = cache.pop(key, None)  # popped and put back last: the dict's order is the order of use
         if entry is None or entry[0] != stamp:
+            while len(cache) >= MAX_GRAPHS:  # the least recently used goes before the new one takes its memory
+                cache.pop(next(iter(cache)))
             static_in = x.clone()
             side = torch.cuda.Stream(x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
@@ -291,8 +291,6 @@ def _graphed(net: Prior, fn: Callable[[Tensor], Tensor], settings: tuple) -> Cal
                 static_out = fn(static_in)
             entry = (stamp, graph, static_in, static_out)
         cache[key] = entry
-        while len(cache) > MAX_GRAPHS:
-            cache.pop(next(iter(cache)))
         _, graph, static_in, static_out = entry
         static_in.copy_(x)
         graph.replay()
