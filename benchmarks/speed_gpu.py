@@ -8,7 +8,8 @@ JPMAP rows: milliseconds per iteration (z-step = encoder + tempered top-down pas
 FFT x-step of a Gaussian deblurring problem), after warm-up iterations (which include any compilation),
 timed over ``--iters`` iterations with no host synchronisation inside (tol 0, one check at the end) and
 torch.cuda.synchronize around; peak memory (torch.cuda.max_memory_allocated); FLOPs per iteration counted
-by FlopCounterMode on the meta device (2 per multiply-add; the x-step's FFTs are not counted), the achieved
+by FlopCounterMode on the meta device (2 per multiply-add; the x-step's FFTs are not counted; the model's
+FLOPs for every variant, so the fused nets' multiplications by zero blocks are not counted), the achieved
 TFLOP/s and its fraction of the bf16 dense peak (``--peak-tflops``; 989 for H100/H200 SXM by default).
 Training rows: images/s at batch 16 of 128x128 (CPU default: batch 1 of 64x64), "core" = ELBO forward,
 backward and Adamax step; "full" adds the gradient norm (with its host synchronisation) and the EMA update.
