@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (--method adam)")
     sv.add_argument("--return", dest="return_estimate", choices=["x", "decoded"], default=None)
     sv.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    fast = p.add_argument_group("JPMAP fast path (a GPU's; all off by default, see BENCHMARKS.md, Speed)")
+    fast.add_argument("--channels-last", action="store_true", help="network passes in NHWC memory layout")
+    fast.add_argument("--fuse-nets", action="store_true",
+                      help="each decoder group's prior and posterior nets run as one net (fewer convolutions)")
+    fast.add_argument("--cuda-graph", action="store_true",
+                      help="replay the network pass from a CUDA graph captured once per shape (CUDA only)")
+    fast.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                      help="torch.compile the network pass (one compilation per image or tile shape)")
     sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     sv.add_argument("--seed", type=int, default=0)
     out = p.add_argument_group("output")
@@ -208,9 +216,18 @@ def solver_config(args: argparse.Namespace):
         raise UsageError(f"--{err}") from None
     gamma = args.gamma / 255.0
     if args.method == "jpmap":
+        if args.cuda_graph and args.compile:
+            raise UsageError("--cuda-graph replays the eager pass; with --compile use --compile reduce-overhead "
+                             "for CUDA graphs instead")
         return JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, max_iters=args.iterations, tol=args.tol,
                            divergence_guard=args.divergence_guard or None,
-                           return_estimate=args.return_estimate, precision=args.precision)
+                           return_estimate=args.return_estimate, precision=args.precision,
+                           channels_last=args.channels_last, fuse_nets=args.fuse_nets, cuda_graph=args.cuda_graph,
+                           compile=args.compile is not None, compile_mode=args.compile or "default")
+    used = [f for f, on in (("--channels-last", args.channels_last), ("--fuse-nets", args.fuse_nets),
+                            ("--cuda-graph", args.cuda_graph), ("--compile", args.compile)) if on]
+    if used:
+        raise UsageError(f"{', '.join(used)}: JPMAP options; drop them with --method adam")
     return AdamConfig(gamma=gamma, tau=tau, tau_end=tau_end, lr=args.lr, max_iters=args.iterations,
                       return_estimate=args.return_estimate, precision=args.precision)
 

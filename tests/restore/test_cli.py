@@ -55,6 +55,7 @@ def test_blur_end_to_end(tmp_path, clean_png, kernel_npy, capsys):
     ["--operator", "inpaint", "--mask-box", "10,10,8,12", "--noise-std", "3"],
     ["--operator", "blur", "--blur-sigma", "1.2", "--method", "adam", "--iterations", "5"],
     ["--operator", "blur", "--motion-length", "5", "--tau", "0.9:0.6", "--return", "decoded"],
+    ["--operator", "blur", "--blur-sigma", "1.2", "--fuse-nets", "--channels-last", "--cuda-graph"],  # CPU: eager
 ])
 def test_operators_and_methods_run(tmp_path, clean_png, capsys, extra):
     out = tmp_path / "o"
