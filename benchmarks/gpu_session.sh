@@ -78,7 +78,7 @@ awk 'FNR == 1 && NR != 1 { next } { print }' "$OUT"/quality_[0-9]*.csv > "$OUT/q
 for start in "${IMAGES[@]}"; do cat "$OUT/quality_$start.log"; done > "$OUT/quality.log"
 rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.log
 
-# 2-4. speed, alone on the GPU; one JSON, rewritten after every row
+# 2-3. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
 step 90 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
