@@ -307,8 +307,8 @@ def main() -> None:
     batch = args.train_batch or (16 if gpu else 1)
     tsize = args.train_size or (128 if gpu else 64)
     n_params = parameter_count(HierarchicalVAE(arch))
-    mflop_px = zstep_flops(arch, 64, 64) / 4096 / 1e6
     ops = {kind: zstep_op_counts(arch, 64, 64, fused=kind == "fused") for kind in ("plain", "fused")}
+    mflop_px = ops["plain"]["flops"] / 4096 / 1e6
 
     print(f"# {name}; torch {torch.__version__}; {Path(args.config).name}: {n_params / 1e6:.2f} M parameters, "
           f"{mflop_px:.2f} MFLOP/px per z-step; cudnn TF32 {torch.backends.cudnn.allow_tf32 if gpu else '-'}, "

@@ -31,11 +31,7 @@ def parameter_count(model: torch.nn.Module) -> int:
 def zstep_flops(config: HVAEConfig, height: int, width: int, batch: int = 1, tau: float = 0.8) -> int:
     """FLOPs of one PnP-HVAE z-step on [batch, C, height, width]: the encoder's bottom-up pass, the
     top-down pass with the tempered-mode rule and the decoder output G(z) (``encode_decode``)."""
-    model = meta_model(config)
-    x = torch.zeros(batch, config.image_channels, height, width, device="meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.encode_decode(x, tau)
-    return int(counter.get_total_flops())
+    return zstep_op_counts(config, height, width, batch=batch, tau=tau)["flops"]
 
 
 def training_step_flops(config: HVAEConfig, height: int, width: int, batch: int = 1) -> int:
@@ -59,15 +55,16 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def zstep_op_counts(config: HVAEConfig, height: int, width: int, fused: bool = False, tau: float = 0.8) -> dict:
-    """What one z-step (``encode_decode`` on [1, C, height, width]) dispatches, on the meta device:
+def zstep_op_counts(config: HVAEConfig, height: int, width: int, batch: int = 1, fused: bool = False,
+                    tau: float = 0.8) -> dict:
+    """What one z-step (``encode_decode`` on [batch, C, height, width]) dispatches, on the meta device:
     ``convolutions``, ``operators`` (all aten operators, views included) and ``flops`` (as executed: the fused
     nets of :mod:`hvae.fused` multiply by their zero blocks too). ``fused``: on :func:`hvae.fused.fuse_nets`'s copy."""
     model = meta_model(config)
     if fused:
         from .fused import fuse_nets
         model = fuse_nets(model)
-    x = torch.zeros(1, config.image_channels, height, width, device="meta")
+    x = torch.zeros(batch, config.image_channels, height, width, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as flops, _OpCounter() as ops:
         model.encode_decode(x, tau)
     return {"convolutions": ops.counts["convolution"], "operators": sum(ops.counts.values()),

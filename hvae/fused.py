@@ -68,31 +68,21 @@ class FusedNets(nn.Module):
         return F.conv2d(self.act(h), self.c4.weight[2 * self.zc:, m:], self.c4.bias[2 * self.zc:])
 
 
-class FusedDecoderGroup(nn.Module):
-    """A :class:`DecoderGroup` with a learned prior whose two nets run as :class:`FusedNets`; same interface.
+class FusedDecoderGroup(DecoderGroup):
+    """A :class:`DecoderGroup` with a learned prior whose two nets run as :class:`FusedNets`; the group's forward
+    pass is inherited, only :meth:`nets` differs.
 
     Takes over the group's ``z_proj`` and ``resnet`` (build it from a copy, as :func:`fuse_nets` does)."""
 
     def __init__(self, group: DecoderGroup) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not DecoderGroup's: its nets are replaced, its other modules taken over
         width = group.resnet.c1.in_channels
-        self.zc, self.min_log_std = group.zc, group.min_log_std
-        self.nets = FusedNets(group.posterior_net, group.prior_net, width, group.zc)
+        self.zc, self.standard_prior, self.min_log_std = group.zc, False, group.min_log_std
+        self.fused = FusedNets(group.posterior_net, group.prior_net, width, group.zc)
         self.z_proj, self.resnet = group.z_proj, group.resnet
 
-    _gaussian = DecoderGroup._gaussian  # the same fp32 statistics and clamp
-
-    def forward(self, state: Tensor, act: Tensor | None, rule, index: int):
-        if act is None:
-            posterior, h = None, self.nets.prior_only(state)
-        else:
-            h_q, h = self.nets(state, act)
-            posterior = self._gaussian(h_q)
-        prior = self._gaussian(h[:, : 2 * self.zc])
-        state = state + h[:, 2 * self.zc:]
-        z = rule(index, posterior, prior)
-        state = self.resnet(state + self.z_proj(z))
-        return state, z, posterior, prior
+    def nets(self, state: Tensor, act: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        return (None, self.fused.prior_only(state)) if act is None else self.fused(state, act)
 
 
 def fuse_nets(model: HierarchicalVAE) -> HierarchicalVAE:

@@ -234,7 +234,7 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
         key = _fingerprint(prior)
         copies = _COPIES.setdefault(prior, {})
         if variant not in copies or copies[variant][0] != key:
-            if config.fuse_nets:
+            if variant[0]:
                 from hvae.fused import fuse_nets
                 net = fuse_nets(prior)
             else:
@@ -268,9 +268,11 @@ def _graphed(net: Prior, fn: Callable[[Tensor], Tensor], settings: tuple) -> Cal
     size replay them, and captured again when the network's parameters change (the graph reads the memory they
     had). Inputs on other devices, and a prior that is not an ``nn.Module`` (the tiled loop's wrapper of a window
     cut in segments, made anew for each chunk of iterations), run ``fn``: a capture costs three passes."""
+    if not isinstance(net, torch.nn.Module):
+        return fn
 
     def step(x: Tensor) -> Tensor:
-        if x.device.type != "cuda" or not isinstance(net, torch.nn.Module):
+        if x.device.type != "cuda":
             return fn(x)
         cache = _GRAPHS.setdefault(net, {})
         key = (settings, tuple(x.shape), x.dtype, x.device, x.stride())
