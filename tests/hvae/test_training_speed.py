@@ -25,6 +25,22 @@ def test_channels_last_module_trains_on_cpu(tmp_path, tiny_config):
     assert any(not torch.equal(a, b) for a, b in zip(before, module.ema.parameters()))  # the EMA moved
 
 
+def test_bf16_mixed_channels_last_trains_on_cpu(tmp_path, tiny_config):
+    """The CPU fast path (BENCHMARKS.md, CPU): Lightning's bf16-mixed autocast on the CPU, fp32 weights kept."""
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(channels_last=True))
+    before = [p.detach().clone() for p in module.model.parameters()]
+    dtypes = []
+    module.model.stem.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader([_batch(1, seed=i)[0] for i in range(3)], batch_size=1))
+    assert trainer.global_step == 3 and module.skipped_total == 0
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the convolutions ran in bf16
+    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in module.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))  # it trained
+
+
 def test_channels_last_elbo_equals_the_plain_one(tiny_config):
     torch.manual_seed(0)
     module = HVAEModule(tiny_config, speed=SpeedConfig(channels_last=True))

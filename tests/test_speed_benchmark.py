@@ -1,0 +1,39 @@
+"""benchmarks/speed_gpu.py on the CPU with the tiny config: every row measured, none an error; bad counts refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _speed(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed_gpu.py"), "--device", "cpu",
+           "--config", str(ROOT / "configs" / "tiny.yaml"), "--sizes", "32x32", "--threads", "1",
+           "--train-batch", "2", "--train-size", "32", *extra]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed(tmp_path, "--iters", "2", "--warmup", "1", "--variants", "fp32", "fp32-cl", "bf16-cl",
+                  "--train-variants", "fp32", "bf16-cl", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["kind"], r["variant"]) for r in rows] == [("jpmap", "fp32"), ("jpmap", "fp32-cl"),
+                                                         ("jpmap", "bf16-cl"), ("train", "fp32"),
+                                                         ("train", "bf16-cl")]
+    assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
+    assert all(r["ms_per_iter"] > 0 for r in rows if r["kind"] == "jpmap")
+    assert all(r["core_ms"] > 0 for r in rows if r["kind"] == "train")
+    assert data["settings"]["zstep_ops"]["fused"]["convolutions"] < data["settings"]["zstep_ops"]["plain"]["convolutions"]
+
+
+def test_zero_warm_up_is_refused_in_one_line(tmp_path):
+    proc = _speed(tmp_path, "--warmup", "0")
+    assert proc.returncode == 2 and "--warmup must be at least 1" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
