@@ -169,11 +169,11 @@ def test_random_box_mask_is_squares_drawn_from_the_generator():
     assert torch.equal(one, box_mask(40, 50, [(top, left, 8, 8)]))
 
 
-def test_inpainting_init_interpolates_locally_and_falls_back_far_from_observations():
+def test_inpainting_local_fill_interpolates_locally_and_falls_back_far_from_observations():
     # a smooth ramp with half of its pixels missing: the interpolation is close, the mean fill is not
     ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 48, 64).contiguous()
     op = Inpainting(random_mask(48, 64, 0.5, generator=_gen(1)), 0.01)
-    x0 = op.init(op.A(ramp))
+    x0 = op.fill_local(op.A(ramp))
     assert (x0 - ramp).abs().max() < 0.05
     missing = (op.mask < 0.5).expand_as(ramp)
     assert (x0 - ramp)[missing].abs().mean() < 0.1 * (ramp[missing] - 0.5).abs().mean()
@@ -182,12 +182,52 @@ def test_inpainting_init_interpolates_locally_and_falls_back_far_from_observatio
     x = torch.rand(1, 3, 8, 120, generator=_gen(2))
     y = wide.A(x)
     fill = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
-    far = wide.init(y, fill)
+    far = wide.fill_local(y, fill)
     assert torch.allclose(far[..., :40], fill.expand(1, 3, 8, 40))
     observed_mean = x[..., 100:].mean((-2, -1)).view(1, 3, 1, 1)
-    assert torch.allclose(wide.init(y)[..., :40], observed_mean.expand(1, 3, 8, 40), atol=1e-6)
+    assert torch.allclose(wide.fill_local(y)[..., :40], observed_mean.expand(1, 3, 8, 40), atol=1e-6)
     near = far[..., 90:100]  # near the observed columns: their local mean, not the fill
     assert (near - fill).abs().min() > 0 and near.min() >= x[..., 100:].min()
+
+
+def _laplacian(v):
+    p = F.pad(v, (1, 1, 1, 1), mode="replicate")
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * v
+
+
+def test_inpainting_init_is_the_harmonic_interpolation():
+    # a horizontal ramp is harmonic (Neumann at the top and bottom): with its first and last columns observed it
+    # is recovered exactly from half of its pixels and from a box, where the local fill is only close
+    ramp = torch.linspace(0, 1, 64, dtype=torch.float64).view(1, 1, 1, 64).expand(1, 3, 48, 64).contiguous()
+    random = random_mask(48, 64, 0.5, generator=_gen(1))
+    random[..., [0, -1]] = 1
+    for mask in (random, box_mask(48, 64, [(10, 12, 20, 30)])):
+        op = Inpainting(mask, 0.01)
+        y = op.A(ramp)
+        x0 = op.init(y, tol=1e-10, max_iters=2000)
+        torch.testing.assert_close(x0, ramp, atol=1e-6, rtol=0)
+        assert (op.fill_local(y) - ramp).abs().max() > 1e-3
+    # any image: observed pixels kept, discrete Laplacian ~0 at the missing ones, within the observed range,
+    # each image of a batch as alone, no worse than the local fill on the Dirichlet energy
+    x = torch.rand(2, 3, 40, 50, generator=_gen(3), dtype=torch.float64)
+    op = Inpainting(random_box_mask(40, 50, _gen(4), count=3, frac=0.3) * random_mask(40, 50, 0.3, generator=_gen(5)),
+                    0.01)
+    y = op.A(x)
+    x0 = op.init(y, tol=1e-8, max_iters=2000)
+    obs = (op.mask > 0.5).expand_as(x)
+    assert torch.equal(x0[obs], x[obs])
+    assert _laplacian(x0)[~obs].abs().max() < 1e-6 < _laplacian(op.fill_local(y))[~obs].abs().max()
+    assert x0.min() >= x[obs].min() - 1e-9 and x0.max() <= x[obs].max() + 1e-9
+    torch.testing.assert_close(op.init(y[1:], tol=1e-8, max_iters=2000), x0[1:])
+
+    def energy(v):
+        return (v.diff(dim=-1) ** 2).sum() + (v.diff(dim=-2) ** 2).sum()
+    assert energy(x0) < energy(op.fill_local(y))
+    # an image with nothing observed keeps ``fill``; the default start still takes float32 images
+    none = Inpainting(torch.zeros(8, 8), 0.01)
+    fill = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
+    torch.testing.assert_close(none.init(torch.zeros(1, 3, 8, 8), fill), fill.expand(1, 3, 8, 8))
+    assert op.init(y.float()).dtype == torch.float32
 
 
 def test_lambda_min_and_registry():
