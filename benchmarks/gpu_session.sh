@@ -18,6 +18,10 @@
 #   (training speed is not measured again: the first call's rows stand, and nothing in training changed)
 # About 9.5 minutes at most (limits 180 + 90 + 90 + 140 + 70 s): benchmarks/gpu_train.sh then fits in the
 # same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
+# With device time left after it, on the still warm machine, the training target (170 images/s) is next: the
+# compiled step with and without CUDA graphs, profiled (about 2.5 minutes):
+#   timeout 170 python3 benchmarks/speed_gpu.py --only train --train-variants bf16-cl-compile bf16-cl-cudagraphs \
+#       --json $OUT/speed_train.json --profile $OUT/profile_train.txt
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):

@@ -200,7 +200,7 @@ def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters
 
 
 def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: int, warmup: int,
-              device: torch.device, peak_tflops: float | None) -> dict:
+              device: torch.device, peak_tflops: float | None, profile: Path | None = None) -> dict:
     """Images/s of the core training step (forward, backward, Adamax) and of the full one (+ norm, EMA)."""
     row = {"kind": "train", "size": f"{batch}x{size}x{size}", "variant": variant.name}
     flops = training_step_flops(arch, size, size, batch)
@@ -251,6 +251,10 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
         row["peak_gib"] = _peak_gib(device)
         row["tflops"] = flops / (row["core_ms"] / 1e3) / 1e12
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
+        if profile is not None:  # after the timing, so that it does not disturb it
+            title = f"training {batch}x{size}x{size} {variant.name}: 2 core steps"
+            with profile.open("a") as f:
+                f.write(profile_tables(lambda: [core() for _ in range(2)], device, title))
     except Exception as err:  # noqa: BLE001
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     finally:
@@ -282,7 +286,8 @@ def main() -> None:
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each new shape)")
     p.add_argument("--profile", type=Path, default=None,
-                   help="append a torch.profiler table of 2 iterations of each JPMAP row to this file")
+                   help="append torch.profiler tables of each row to this file (2 JPMAP iterations, 2 core "
+                        "training steps)")
     p.add_argument("--json", default=None, help="also write the settings and rows to this JSON file, after every "
                    "row; rows already in it are kept (several runs with their own time limits share one file)")
     args = p.parse_args()
@@ -347,7 +352,8 @@ def main() -> None:
     if args.only != "jpmap":
         _header(TRAIN_COLUMNS)
         for v in train_variants:
-            record(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak), TRAIN_COLUMNS)
+            record(train_row(arch, VARIANTS[v], batch, tsize, args.iters, warmup, device, peak, args.profile),
+                   TRAIN_COLUMNS)
     if out is not None:
         print(f"\n# wrote {out}")
 

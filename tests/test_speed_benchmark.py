@@ -18,9 +18,9 @@ def _speed(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
-    out = tmp_path / "speed.json"
+    out, profile = tmp_path / "speed.json", tmp_path / "profile.txt"
     proc = _speed(tmp_path, "--iters", "2", "--warmup", "1", "--variants", "fp32", "fp32-cl", "bf16-cl",
-                  "--train-variants", "fp32", "bf16-cl", "--json", str(out))
+                  "--train-variants", "fp32", "bf16-cl", "--json", str(out), "--profile", str(profile))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = data["rows"]
@@ -30,6 +30,11 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
     assert all(r["ms_per_iter"] > 0 for r in rows if r["kind"] == "jpmap")
     assert all(r["core_ms"] > 0 for r in rows if r["kind"] == "train")
+    titles = [line for line in profile.read_text().splitlines() if line.startswith("## ")]
+    assert titles == ["## JPMAP 32x32 fp32: 2 iterations", "## JPMAP 32x32 fp32-cl: 2 iterations",
+                      "## JPMAP 32x32 bf16-cl: 2 iterations", "## training 2x32x32 fp32: 2 core steps",
+                      "## training 2x32x32 bf16-cl: 2 core steps"]
+    assert "aten::convolution" in profile.read_text()
     assert data["settings"]["zstep_ops"]["fused"]["convolutions"] < data["settings"]["zstep_ops"]["plain"]["convolutions"]
 
 
