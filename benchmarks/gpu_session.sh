@@ -5,7 +5,8 @@
 # second, built on what that one found:
 #   1. side by side: the CUDA-only tests, and PnP-HVAE (fp32) on the full-image deblurring protocol, all 68
 #      CBSD68 images x 12 settings, in 4 processes sharing the GPU (each is bound by kernel launches, not by
-#      the GPU's arithmetic; their seconds are taken while sharing)
+#      the GPU's arithmetic; their seconds are taken while sharing), and a fifth process: Adam on J(x, z) on the
+#      first 4 full images (its target had been checked on crops only)
 #   2. eager JPMAP at 320x448 and 1024x1024, a torch.profiler table of each row (which kernels and convolution
 #      shapes take the time): first without cudnn.benchmark: fp32; bf16 with the once-made bf16 weight copy
 #      (bf16-cl), with each decoder group's prior and posterior nets fused into one (bf16-cl-fused: 462
@@ -29,8 +30,8 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
 #   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
-# Everything lands in $OUT (8 files at most come back): gpu.txt, cuda_tests.log, quality_full.csv, quality.log,
-# speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves its log and the next step
+# Everything lands in $OUT (8 files at most come back): gpu.txt, cuda_tests.log, quality_full.csv,
+# quality_adam.csv, quality.log, speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves its log and the next step
 # runs. Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     EAGER_BENCH=(bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-graph bf16-cl-fused-graph)
     GRAPHS=(bf16-cl bf16-cl-fused); GRAPHS_LARGE=(bf16-cl-fused)
     QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
-    IMAGES=(0 1 2 3); PER_PROCESS=1
+    IMAGES=(0 1 2 3); PER_PROCESS=1; ADAM=(--adam-iters 2 --limit 1)
 else
     SPEED=(--train-variants fp32 bf16-cl)
     SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-percall)
@@ -55,7 +56,7 @@ else
     GRAPHS=(bf16-cl-cudagraphs-fused-bf16state bf16-cl-cudagraphs-bf16state)
     GRAPHS_LARGE=(bf16-cl-cudagraphs-fused-bf16state)
     QUALITY=(--device cuda)
-    IMAGES=(0 17 34 51); PER_PROCESS=17
+    IMAGES=(0 17 34 51); PER_PROCESS=17; ADAM=(--adam-iters 100 --limit 4)
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
@@ -77,10 +78,13 @@ for start in "${IMAGES[@]}"; do
         --tasks deblur --methods pnp-hvae --start "$start" --limit "$PER_PROCESS" "${QUALITY[@]}" \
         --out "$OUT/quality_$start.csv" --tables "$OUT/quality_$start.md" &
 done
+# Adam on J(x, z) (100 iterations, as on the crops) on the first 4 full images, for its target on full images
+step 180 quality_adam.log "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" --tasks deblur \
+    --methods adam --start 0 "${ADAM[@]}" "${QUALITY[@]}" --out "$OUT/quality_adam.csv" --tables "$OUT/quality_adam.md" &
 wait
 awk 'FNR == 1 && NR != 1 { next } { print }' "$OUT"/quality_[0-9]*.csv > "$OUT/quality_full.csv"
-for start in "${IMAGES[@]}"; do cat "$OUT/quality_$start.log"; done > "$OUT/quality.log"
-rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.log
+for start in "${IMAGES[@]}" adam; do cat "$OUT/quality_$start.log"; done > "$OUT/quality.log"
+rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.log "$OUT"/quality_adam.{md,log}
 
 # 2-3. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
