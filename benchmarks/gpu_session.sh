@@ -16,7 +16,7 @@
 #      (*-graph: no compilation)
 #   3. CUDA graphs of the compiled pass (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 fused
 #      and not (both with the bf16 stream), at 1024x1024 fused (about 65 s of compilation each)
-#   (training speed is not measured again: the first call's rows stand, and nothing in training changed)
+#   (no training rows in this script: the first call's stand; the command for them comes below)
 # About 9.5 minutes at most (limits 180 + 90 + 90 + 140 + 70 s): benchmarks/gpu_train.sh then fits in the
 # same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
 # With device time left after it, on the still warm machine, the training target (170 images/s) is next: the
@@ -31,8 +31,8 @@
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
 #   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, cuda_tests.log, quality_full.csv,
-# quality_adam.csv, quality.log, speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves its log and the next step
-# runs. Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
+# quality_adam.csv, quality.log, speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves
+# its log and the next step runs. Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_session}
