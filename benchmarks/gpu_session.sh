@@ -1,28 +1,16 @@
 #!/usr/bin/env bash
-# One call on a lent GPU for the measurements issues 5 and 7 still need, each step under its own time limit so
-# that the whole fits in one device command (the machine's start-up comes on top).
-# The first GPU call (2026-11-27, H200; BENCHMARKS.md "Speed") ran this script as of commit e18e4ef; this is the
-# second, built on what that one found:
-#   1. side by side: the CUDA-only tests, and PnP-HVAE (fp32) on the full-image deblurring protocol, all 68
-#      CBSD68 images x 12 settings, in 4 processes sharing the GPU (each is bound by kernel launches, not by
-#      the GPU's arithmetic; their seconds are taken while sharing), and a fifth process: Adam on J(x, z) on the
-#      first 4 full images (its target had been checked on crops only)
-#   2. eager JPMAP at 320x448 and 1024x1024, a torch.profiler table of each row (which kernels and convolution
-#      shapes take the time): first without cudnn.benchmark: fp32; bf16 with the once-made bf16 weight copy
-#      (bf16-cl), with each decoder group's prior and posterior nets fused into one (bf16-cl-fused: 462
-#      convolutions per z-step instead of 602), fused with the decoder's residual stream in bf16 too
-#      (bf16-cl-fused-bf16state), with autocast's per-call casts (bf16-cl-percall); then with cudnn.benchmark:
-#      bf16-cl, bf16-cl-fused, bf16-cl-fused-bf16state, and each replayed from a CUDA graph of the eager pass
-#      (*-graph: no compilation)
-#   3. CUDA graphs of the compiled pass (torch.compile reduce-overhead) with cudnn.benchmark: at 320x448 fused
-#      and not (both with the bf16 stream), at 1024x1024 fused (about 65 s of compilation each)
-#   (no training rows in this script: the first call's stand; the command for them comes below)
-# About 9.5 minutes at most (limits 180 + 90 + 90 + 140 + 70 s): benchmarks/gpu_train.sh then fits in the
-# same session only with TRAIN_SECONDS of about 150, so it is better given a session of its own.
-# With device time left after it, on the still warm machine, the training target (170 images/s) is next: the
-# compiled step with and without CUDA graphs, profiled (about 2.5 minutes):
-#   timeout 170 python3 benchmarks/speed_gpu.py --only train --train-variants bf16-cl-compile bf16-cl-cudagraphs \
-#       --json $OUT/speed_train.json --profile $OUT/profile_train.txt
+# One call on a lent GPU for the speed figures issue 7 still lacks, each step under its own time limit so that
+# the whole fits in one device command (the machine's start-up comes on top). The first two calls (2026-11-27,
+# H200; BENCHMARKS.md "Speed") ran earlier versions of this script (commits e18e4ef and 3f7cedf): the quality
+# protocol, the CUDA tests, the eager, eager-graph and compiled JPMAP rows at 320x448. This third one:
+#   1. restore.py end to end on a full CBSD68 image (kernel 9, noise 7.65, its preset), fp32 against --fast
+#      (bf16 + channels_last + fused nets + CUDA graph replay): wall time and PSNR as a user gets them
+#   2. compiled JPMAP with CUDA graphs (torch.compile reduce-overhead) and the fused nets at 320x448 and
+#      1024x1024 (about 65 s of compilation each; the second call's 70 s limit cut the 1024 row)
+#   3. the training target (170 images/s, batch 16 of 128x128): the compiled step, then the compiled step with
+#      CUDA graphs, no profiler (the second call's 170 s with the profiler gave no row)
+# About 9 minutes at most (limits 60 + 200 + 280 s). benchmarks/gpu_train.sh (the face prior) needs a session
+# of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):
@@ -30,9 +18,9 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
 #   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
-# Everything lands in $OUT (8 files at most come back): gpu.txt, cuda_tests.log, quality_full.csv,
-# quality_adam.csv, quality.log, speed.json, speed.log, profile.txt. A step that fails or runs out of time leaves
-# its log and the next step runs. Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
+# Everything lands in $OUT (8 files at most come back): gpu.txt, restore.log, speed.json, speed.log.
+# A step that fails or runs out of time leaves its log and the next step runs.
+# Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_session}
@@ -42,21 +30,13 @@ source benchmarks/device_python.sh  # PY, PYTHONPATH (and the carried wheels)
 FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
-    SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64 --train-variants fp32)
-    SIZES=(64x64 64x128); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-percall)
-    EAGER_BENCH=(bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-graph bf16-cl-fused-graph)
-    GRAPHS=(bf16-cl bf16-cl-fused); GRAPHS_LARGE=(bf16-cl-fused)
-    QUALITY=(--device cpu --crop 64 --deblur-kernels 9 --deblur-noises 7.65 --iters 2 --threads 1)
-    IMAGES=(0 1 2 3); PER_PROCESS=1; ADAM=(--adam-iters 2 --limit 1)
+    SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64)
+    SIZES=(64x64 64x128); GRAPHS=(bf16-cl-fused); TRAIN=(fp32 bf16-cl)
+    RESTORE=(--device cpu --iterations 2); IMAGE_CROP=64
 else
-    SPEED=(--train-variants fp32 bf16-cl)
-    SIZES=(320x448 1024x1024); EAGER=(fp32 bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-percall)
-    EAGER_BENCH=(bf16-cl bf16-cl-fused bf16-cl-fused-bf16state bf16-cl-graph bf16-cl-fused-graph
-                 bf16-cl-fused-bf16state-graph)
-    GRAPHS=(bf16-cl-cudagraphs-fused-bf16state bf16-cl-cudagraphs-bf16state)
-    GRAPHS_LARGE=(bf16-cl-cudagraphs-fused-bf16state)
-    QUALITY=(--device cuda)
-    IMAGES=(0 17 34 51); PER_PROCESS=17; ADAM=(--adam-iters 100 --limit 4)
+    SPEED=()
+    SIZES=(320x448 1024x1024); GRAPHS=(bf16-cl-cudagraphs-fused); TRAIN=(bf16-cl-compile bf16-cl-cudagraphs)
+    RESTORE=(); IMAGE_CROP=0
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
@@ -65,37 +45,31 @@ fi
 step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, note its exit status
     local limit=$1 log=$2; shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$log" 2>&1
+    timeout "$limit" "$@" >> "$OUT/$log" 2>&1
     echo "# exit $? after $((SECONDS - t0)) s (limit $limit s): $*" >> "$OUT/$log"
 }
 
-# 1. tests/conftest.py hides GPUs (CUDA_VISIBLE_DEVICES="") unless the variable is set: set it, or the CUDA
-#    tests skip (they did in the first call)
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} step 180 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider \
-    tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py &
-for start in "${IMAGES[@]}"; do
-    step 180 "quality_$start.log" "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" \
-        --tasks deblur --methods pnp-hvae --start "$start" --limit "$PER_PROCESS" "${QUALITY[@]}" \
-        --out "$OUT/quality_$start.csv" --tables "$OUT/quality_$start.md" &
+# 1. restore.py as a user runs it: the first CBSD68 image (cropped in the smoke run), fp32 then --fast
+IMAGE=$(ls "$FOLDER" | sort | head -1)
+if [ "$IMAGE_CROP" -gt 0 ]; then
+    "$PY" -c "import sys; from data.images import read_image_with_info as r, write_image as w
+x, _ = r(sys.argv[1]); w(sys.argv[2], x[:, :$IMAGE_CROP, :$IMAGE_CROP])" "$FOLDER/$IMAGE" "$OUT/clean.png"
+    CLEAN=$OUT/clean.png
+else
+    CLEAN=$FOLDER/$IMAGE
+fi
+for mode in fp32 fast; do
+    flags=(); [ $mode = fast ] && flags=(--fast)
+    step 60 restore.log "$PY" restore.py --clean "$CLEAN" --operator blur --kernel "$KERNELS/9.npy" --noise-std 7.65 \
+        --no-progress --out "$OUT/restore_$mode" "${RESTORE[@]}" "${flags[@]}"
+    "$PY" -c "import json, sys; m = json.load(open(sys.argv[1])); print('# $mode:', {k: m.get(k) for k in
+        ('psnr', 'ssim', 'seconds', 'iterations')})" "$OUT/restore_$mode/metrics.json" >> "$OUT/restore.log" 2>&1
 done
-# Adam on J(x, z) (100 iterations, as on the crops) on the first 4 full images, for its target on full images
-step 180 quality_adam.log "$PY" benchmarks/quality.py --folder "$FOLDER" --kernels "$KERNELS" --tasks deblur \
-    --methods adam --start 0 "${ADAM[@]}" "${QUALITY[@]}" --out "$OUT/quality_adam.csv" --tables "$OUT/quality_adam.md" &
-wait
-awk 'FNR == 1 && NR != 1 { next } { print }' "$OUT"/quality_[0-9]*.csv > "$OUT/quality_full.csv"
-for start in "${IMAGES[@]}" adam; do cat "$OUT/quality_$start.log"; done > "$OUT/quality.log"
-rm -f "$OUT"/quality_[0-9]*.csv "$OUT"/quality_[0-9]*.md "$OUT"/quality_[0-9]*.log "$OUT"/quality_adam.{md,log}
+rm -rf "$OUT"/restore_fp32 "$OUT"/restore_fast "$OUT/clean.png"
 
 # 2-3. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 90 speed_eager.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
-    --variants "${EAGER[@]}" --profile "$OUT/profile.txt"
-step 90 speed_eager_bench.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
-    --variants "${EAGER_BENCH[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
-step 140 speed_graphs.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[0]}" \
+step 200 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
-step 70 speed_graphs_large.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]:1}" \
-    --variants "${GRAPHS_LARGE[@]}" --cudnn-benchmark
-LOGS=(speed_eager speed_eager_bench speed_graphs speed_graphs_large)
-for log in "${LOGS[@]}"; do cat "$OUT/$log.log"; rm -f "$OUT/$log.log"; done > "$OUT/speed.log"
+step 280 speed.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --train-variants "${TRAIN[@]}"
 ls -la "$OUT"

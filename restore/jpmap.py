@@ -62,7 +62,8 @@ class JPMAPConfig:
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     cast_weights: bool = True  # bf16: convolutions run on a bf16 copy of their weights, made once (False: autocast
     #                            casts every weight at every call, one extra kernel per convolution)
-    bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact)
+    bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact; with
+    #                           upsample="conv_nearest" it is bf16 below the top level anyway: the projection's output)
     fuse_nets: bool = False  # each decoder group's prior and posterior nets as one net (hvae.fused): fewer kernels
     cuda_graph: bool = False  # CUDA: replay the eager network pass from a CUDA graph captured once per input
     #                           shape (no launch cost, no compilation); ignored on other devices

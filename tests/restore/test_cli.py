@@ -133,3 +133,37 @@ def test_demo_runs(tmp_path, monkeypatch, capsys):
     assert demo.demo(size=64, max_iters=3) == 0
     text = capsys.readouterr().out
     assert "PSNR PnP-HVAE" in text and (tmp_path / "out" / "demo" / "side_by_side.png").is_file()
+
+
+def test_fast_sets_the_measured_fast_path(tmp_path, clean_png, capsys):
+    """--fast: bf16 + channels_last + fused nets + CUDA graph replay (eager on a CPU); refused where bf16 is slow."""
+    from restore import cli
+    out = tmp_path / "fast"
+    code, cap = _run(["--clean", clean_png, "--operator", "blur", "--blur-sigma", "1.2", "--iterations", "3",
+                      "--device", "cpu", "--fast", "--out", out], capsys)
+    if not cli.native_bf16_cpu():
+        assert code == 2 and "native kernels" in cap.err and not out.exists()
+        return
+    assert code == 0, cap.err
+    solver = json.loads((out / "metrics.json").read_text())["solver"]
+    assert (solver["precision"], solver["channels_last"], solver["fuse_nets"], solver["cuda_graph"]) == (
+        "bf16", True, True, True)
+    assert not solver["compile"] and not solver["bf16_state"]
+
+
+def test_fast_with_compile_and_refusals(monkeypatch):
+    from restore import cli
+    base = ["--operator", "denoise", "--gamma", "20", "--tau", "1", "--iterations", "2", "--return", "x"]
+
+    def parse(extra):
+        return cli.build_parser().parse_args(base + extra)
+
+    monkeypatch.setattr(cli, "native_bf16_cpu", lambda: True)
+    cfg = cli.solver_config(parse(["--device", "cpu", "--fast", "--compile", "reduce-overhead"]))
+    assert (cfg.precision, cfg.channels_last, cfg.fuse_nets, cfg.cuda_graph, cfg.compile, cfg.compile_mode) == (
+        "bf16", True, True, False, True, "reduce-overhead")
+    with pytest.raises(cli.UsageError, match="JPMAP options"):
+        cli.solver_config(parse(["--method", "adam", "--fast"]))
+    monkeypatch.setattr(cli, "native_bf16_cpu", lambda: False)
+    with pytest.raises(cli.UsageError, match="no native kernels"):
+        cli.solver_config(parse(["--device", "cpu", "--fast"]))
