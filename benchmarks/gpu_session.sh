@@ -5,12 +5,15 @@
 # protocol, the CUDA tests, the eager, eager-graph and compiled JPMAP rows at 320x448. This third one:
 #   1. restore.py end to end on a full CBSD68 image (kernel 9, noise 7.65, its preset), fp32 against --fast
 #      (bf16 + channels_last + fused nets + CUDA graph replay): wall time and PSNR as a user gets them
-#   2. compiled JPMAP with CUDA graphs (torch.compile reduce-overhead) and the fused nets at 320x448 and
-#      1024x1024 (about 65 s of compilation each; the second call's 70 s limit cut the 1024 row)
-#   3. the training target (170 images/s, batch 16 of 128x128): the compiled step, then the compiled step with
-#      CUDA graphs, no profiler (the second call's 170 s with the profiler gave no row)
-# About 9 minutes at most (limits 60 + 200 + 280 s). benchmarks/gpu_train.sh (the face prior) needs a session
-# of its own.
+#   2. the sizes the issue names that have no rows yet: 512x512 and 2048x2048, fp32 and the --fast variant
+#      (bf16-cl-fused-graph), eager
+#   3. compiled JPMAP with CUDA graphs (torch.compile reduce-overhead) and the fused nets at 1024x1024 (about 65 s
+#      of compilation; the second call's 70 s limit cut it; 320x448 was measured: 10.8 ms)
+#   4. the training target (170 images/s, batch 16 of 128x128): the compiled step with CUDA graphs, no profiler
+#      (the first call measured the compiled step: 113 s of compilation, 118 images/s; the second call's 170 s
+#      for both, with the profiler, gave no row)
+# About 8.5 minutes at most (limits 2 x 45 + 50 + 110 + 250 s). benchmarks/gpu_train.sh (the face prior) needs
+# a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
 # python lacks (jsonargparse for train.py's CLI):
@@ -31,11 +34,13 @@ FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64)
-    SIZES=(64x64 64x128); GRAPHS=(bf16-cl-fused); TRAIN=(fp32 bf16-cl)
+    EAGER_SIZES=(64x64); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(64x128); GRAPHS=(bf16-cl-fused)
+    TRAIN=(bf16-cl)
     RESTORE=(--device cpu --iterations 2); IMAGE_CROP=64
 else
     SPEED=()
-    SIZES=(320x448 1024x1024); GRAPHS=(bf16-cl-cudagraphs-fused); TRAIN=(bf16-cl-compile bf16-cl-cudagraphs)
+    EAGER_SIZES=(512x512 2048x2048); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(1024x1024)
+    GRAPHS=(bf16-cl-cudagraphs-fused); TRAIN=(bf16-cl-cudagraphs)
     RESTORE=(); IMAGE_CROP=0
 fi
 
@@ -60,16 +65,18 @@ else
 fi
 for mode in fp32 fast; do
     flags=(); [ $mode = fast ] && flags=(--fast)
-    step 60 restore.log "$PY" restore.py --clean "$CLEAN" --operator blur --kernel "$KERNELS/9.npy" --noise-std 7.65 \
+    step 45 restore.log "$PY" restore.py --clean "$CLEAN" --operator blur --kernel "$KERNELS/9.npy" --noise-std 7.65 \
         --no-progress --out "$OUT/restore_$mode" "${RESTORE[@]}" "${flags[@]}"
     "$PY" -c "import json, sys; m = json.load(open(sys.argv[1])); print('# $mode:', {k: m.get(k) for k in
         ('psnr', 'ssim', 'seconds', 'iterations')})" "$OUT/restore_$mode/metrics.json" >> "$OUT/restore.log" 2>&1
 done
 rm -rf "$OUT"/restore_fp32 "$OUT"/restore_fast "$OUT/clean.png"
 
-# 2-3. speed, alone on the GPU; one JSON, rewritten after every row
+# 2-4. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 200 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
+step 50 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${EAGER_SIZES[@]}" \
+    --variants "${EAGER[@]}" --cudnn-benchmark
+step 110 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
-step 280 speed.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --train-variants "${TRAIN[@]}"
+step 250 speed.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --train-variants "${TRAIN[@]}"
 ls -la "$OUT"
