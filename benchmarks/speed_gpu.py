@@ -146,9 +146,41 @@ def _print_row(row: dict, columns: list[tuple[str, str, str]]) -> None:
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
+# operator families of the profile summary: (family, aten operator names); the rest is "other"
+FAMILIES = [("convolution", ("aten::cudnn_convolution", "aten::mkldnn_convolution", "aten::convolution",
+                             "aten::_convolution", "aten::_slow_conv2d_forward", "aten::convolution_backward",
+                             "aten::cudnn_convolution_transpose", "aten::mkldnn_convolution_backward")),
+            ("matrix product", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+            ("add (bias, residual)", ("aten::add", "aten::add_")),
+            ("activation", ("aten::silu", "aten::silu_", "aten::gelu", "aten::relu", "aten::relu_",
+                            "aten::silu_backward", "aten::gelu_backward")),
+            ("copy, cast", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+            ("cat", ("aten::cat",))]
+
+
+def family_summary(averages, device_time: bool) -> str:
+    """One line: the operators' self time (device time on a GPU) summed by family, in % of all operators' self
+    time. Only ``aten::`` operators count, so a kernel is counted once (under the operator that launched it);
+    kernels replayed from a CUDA graph belong to no operator, and the line says so when that is all."""
+    def self_time(event) -> float:
+        return event.self_device_time_total if device_time else event.self_cpu_time_total
+    ops = [e for e in averages if e.key.startswith("aten::")]
+    total = sum(self_time(e) for e in ops)
+    kind = "device" if device_time else "CPU"
+    if total <= 0:
+        return f"operator self {kind} time by family: none attributed to operators (a CUDA graph replay)\n"
+    shares, named = [], set()
+    for family, names in FAMILIES:
+        named.update(names)
+        shares.append(f"{family} {100 * sum(self_time(e) for e in ops if e.key in names) / total:.0f}%")
+    shares.append(f"other {100 * sum(self_time(e) for e in ops if e.key not in named) / total:.0f}%")
+    return f"operator self {kind} time by family ({total / 1e3:,.1f} ms in all): " + ", ".join(shares) + "\n"
+
+
 def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str:
-    """torch.profiler over ``run()``: the operators by self device time (CPU time on a CPU), then the same
-    grouped by input shapes (which convolutions, at which resolution, take the time)."""
+    """torch.profiler over ``run()``: a line of the operators' time by family (convolutions, adds, activations,
+    copies...), the operators by self device time (CPU time on a CPU), then the same grouped by input shapes
+    (which convolutions, at which resolution, take the time)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -159,7 +191,8 @@ def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str
     by_op = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
     by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows,
                                                                   max_name_column_width=40, max_shapes_column_width=80)
-    return f"## {title}\n\n{by_op}\n{by_shape}\n"
+    summary = family_summary(prof.key_averages(), device.type == "cuda")
+    return f"## {title}\n\n{summary}\n{by_op}\n{by_shape}\n"
 
 
 def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters: int, warmup: int,

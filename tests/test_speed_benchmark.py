@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
                       "## JPMAP 32x32 bf16-cl: 2 iterations", "## training 2x32x32 fp32: 2 core steps",
                       "## training 2x32x32 bf16-cl: 2 core steps"]
     assert "aten::convolution" in profile.read_text()
+    families = [line for line in profile.read_text().splitlines() if line.startswith("operator self CPU time")]
+    assert len(families) == 5  # one per profiled row
+    for line in families:  # the families and "other" share all of the operators' time; convolutions take some
+        shares = dict((name.strip(), float(pct)) for name, pct in re.findall(r"([a-z ,()]+) (\d+)%", line.split(": ", 1)[1]))
+        assert abs(sum(shares.values()) - 100) <= 4 and shares["convolution"] > 0, line
     assert data["settings"]["zstep_ops"]["fused"]["convolutions"] < data["settings"]["zstep_ops"]["plain"]["convolutions"]
 
 
