@@ -5,14 +5,19 @@
 # protocol, the CUDA tests, the eager, eager-graph and compiled JPMAP rows at 320x448. This third one:
 #   1. restore.py end to end on a full CBSD68 image (kernel 9, noise 7.65, its preset), fp32 against --fast
 #      (bf16 + channels_last + fused nets + CUDA graph replay): wall time and PSNR as a user gets them
-#   2. the sizes the issue names that have no rows yet: 512x512 and 2048x2048, fp32 and the --fast variant
-#      (bf16-cl-fused-graph), eager
-#   3. compiled JPMAP with CUDA graphs (torch.compile reduce-overhead) and the fused nets at 1024x1024 (about 65 s
+#   2. 1x1 convolutions as matrix products with the bias in the epilogue (JPMAPConfig(pointwise_matmul=True):
+#      the second call's profiles put 25-31% of eager GPU time in the bias adds after cuDNN's convolutions, and
+#      276 of the 462 convolutions of the fused z-step are 1x1; predicted: eager-graph 23.9 -> about 20 ms at
+#      320x448, 127 -> about 105 ms at 1024x1024), against the same rows without it, eager and graph, profiled
+#      (speed_gpu's profile now opens with the time by operator family)
+#   3. the sizes the issue names that have no rows yet: 512x512 and 2048x2048, fp32 and the --fast variant
+#      (bf16-cl-fused-graph)
+#   4. compiled JPMAP with CUDA graphs (torch.compile reduce-overhead) and the fused nets at 1024x1024 (about 65 s
 #      of compilation; the second call's 70 s limit cut it; 320x448 was measured: 10.8 ms)
-#   4. the training target (170 images/s, batch 16 of 128x128): the compiled step with CUDA graphs, no profiler
+#   5. the training target (170 images/s, batch 16 of 128x128): the compiled step with CUDA graphs, no profiler
 #      (the first call measured the compiled step: 113 s of compilation, 118 images/s; the second call's 170 s
 #      for both, with the profiler, gave no row)
-# About 8.5 minutes at most (limits 2 x 45 + 50 + 110 + 250 s). benchmarks/gpu_train.sh (the face prior) needs
+# About 9.5 minutes at most (limits 2 x 45 + 60 + 50 + 110 + 250 s). benchmarks/gpu_train.sh (the face prior) needs
 # a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
@@ -21,7 +26,7 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
 #   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
-# Everything lands in $OUT (8 files at most come back): gpu.txt, restore.log, speed.json, speed.log.
+# Everything lands in $OUT (8 files at most come back): gpu.txt, restore.log, speed.json, speed.log, profile.txt.
 # A step that fails or runs out of time leaves its log and the next step runs.
 # Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
@@ -34,11 +39,13 @@ FOLDER=${CBSD68:-.carry/CBSD68}
 KERNELS=${KERNELS:-.carry/kernels}
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1 --train-batch 1 --train-size 64)
+    MM_SIZES=(64x64); MM=(bf16-cl-fused bf16-cl-fused-mm bf16-cl-fused-graph bf16-cl-fused-mm-graph)
     EAGER_SIZES=(64x64); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(64x128); GRAPHS=(bf16-cl-fused)
     TRAIN=(bf16-cl)
     RESTORE=(--device cpu --iterations 2); IMAGE_CROP=64
 else
     SPEED=()
+    MM_SIZES=(320x448 1024x1024); MM=(bf16-cl-fused bf16-cl-fused-mm bf16-cl-fused-graph bf16-cl-fused-mm-graph)
     EAGER_SIZES=(512x512 2048x2048); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(1024x1024)
     GRAPHS=(bf16-cl-cudagraphs-fused); TRAIN=(bf16-cl-cudagraphs)
     RESTORE=(); IMAGE_CROP=0
@@ -72,8 +79,10 @@ for mode in fp32 fast; do
 done
 rm -rf "$OUT"/restore_fp32 "$OUT"/restore_fast "$OUT/clean.png"
 
-# 2-4. speed, alone on the GPU; one JSON, rewritten after every row
+# 2-5. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
+step 60 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${MM_SIZES[@]}" \
+    --variants "${MM[@]}" --cudnn-benchmark --profile "$OUT/profile.txt"
 step 50 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${EAGER_SIZES[@]}" \
     --variants "${EAGER[@]}" --cudnn-benchmark
 step 110 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \

@@ -53,13 +53,14 @@ class Variant:
     bf16_state: bool = False  # bf16 JPMAP: the decoder's residual stream in bf16 too
     fuse_nets: bool = False  # JPMAP: each decoder group's prior and posterior nets as one net (hvae.fused)
     cuda_graph: bool = False  # JPMAP: the eager pass replayed from a CUDA graph (no compilation)
+    pointwise_matmul: bool = False  # JPMAP: 1x1 convolutions as matrix products with the bias in the epilogue
 
     def jpmap_config(self, iters: int) -> JPMAPConfig:
         return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
                            precision="bf16" if self.bf16 else "fp32", channels_last=self.channels_last,
                            compile=self.compile_mode is not None, compile_mode=self.compile_mode or "default",
                            cast_weights=self.cast_weights, bf16_state=self.bf16_state, fuse_nets=self.fuse_nets,
-                           cuda_graph=self.cuda_graph)
+                           cuda_graph=self.cuda_graph, pointwise_matmul=self.pointwise_matmul)
 
 
 VARIANTS = {v.name: v for v in [
@@ -72,10 +73,12 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16-cl-bf16state", True, True, None, bf16_state=True),
     Variant("bf16-cl-fused", True, True, None, fuse_nets=True),
     Variant("bf16-cl-fused-bf16state", True, True, None, bf16_state=True, fuse_nets=True),
+    Variant("bf16-cl-fused-mm", True, True, None, fuse_nets=True, pointwise_matmul=True),
     Variant("fp32-graph", False, False, None, cuda_graph=True),
     Variant("bf16-cl-graph", True, True, None, cuda_graph=True),
     Variant("bf16-cl-fused-graph", True, True, None, fuse_nets=True, cuda_graph=True),
     Variant("bf16-cl-fused-bf16state-graph", True, True, None, bf16_state=True, fuse_nets=True, cuda_graph=True),
+    Variant("bf16-cl-fused-mm-graph", True, True, None, fuse_nets=True, cuda_graph=True, pointwise_matmul=True),
     Variant("bf16-cl-compile", True, True, "default"),
     Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
     Variant("bf16-cl-cudagraphs-percall", True, True, "reduce-overhead", cast_weights=False),
@@ -86,7 +89,7 @@ VARIANTS = {v.name: v for v in [
 ]}
 # training has no per-call casts, bf16 stream, fused nets or eager graphs (JPMAP's inference options)
 TRAIN_VARIANTS = [v.name for v in VARIANTS.values()
-                  if v.cast_weights and not (v.bf16_state or v.fuse_nets or v.cuda_graph)]
+                  if v.cast_weights and not (v.bf16_state or v.fuse_nets or v.cuda_graph or v.pointwise_matmul)]
 GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]
 GPU_TRAIN = ["fp32", "bf16-cl", "bf16-cl-compile"]
 # On CPU, fp32, and bf16 + channels_last where oneDNN has native bf16 kernels (AVX512-BF16 or AMX): 1.6-2.2x

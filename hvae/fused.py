@@ -12,6 +12,10 @@ The numbers are the same up to the order of floating-point sums; the group runs 
 of 13 (4 instead of 8 for the two nets) and reads act(state) once, for about 7% more multiply-adds (the zero blocks of
 the two 1x1 convs). Nothing changes in training: the copy is for the z-step (:func:`restore.jpmap.network_for`
 with ``JPMAPConfig(fuse_nets=True)``); it shares no parameter with the model it came from.
+
+:func:`pointwise_as_matmul` is another inference change, for channels_last GPUs: each 1x1 convolution of a copy
+runs as one matrix product with its bias in the product's epilogue (``addmm``), where cuDNN runs the convolution
+and then a separate bias-add kernel over its whole output (``JPMAPConfig(pointwise_matmul=True)``).
 """
 
 from __future__ import annotations
@@ -92,3 +96,34 @@ def fuse_nets(model: HierarchicalVAE) -> HierarchicalVAE:
     fused = copy.deepcopy(model)
     fused.groups = nn.ModuleList([g if g.prior_net is None else FusedDecoderGroup(g) for g in fused.groups])
     return fused
+
+
+class PointwiseMatmul(nn.Conv2d):
+    """A 1x1 convolution (stride 1, no groups) that, on a channels_last input, runs as one matrix product with its
+    bias added in the product's epilogue: out[n, h, w, :] = x[n, h, w, :] @ W^T + b over the NHWC rows, a view in
+    and a view out (no copy). Other inputs take the convolution. Same weights and numbers up to float rounding."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # [N*H*W, C_in], a view of the NHWC memory
+        weight = self.weight.reshape(self.out_channels, c)  # [C_out, C_in]
+        out = torch.addmm(self.bias, rows, weight.t()) if self.bias is not None else rows @ weight.t()
+        return out.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)  # [N, C_out, H, W], channels_last
+
+
+def is_pointwise(module: nn.Module) -> bool:
+    return (type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
+            and module.padding in ((0, 0), "valid") and module.dilation == (1, 1) and module.groups == 1)
+
+
+def pointwise_as_matmul(model: nn.Module) -> int:
+    """Turns every plain 1x1 convolution of ``model`` (in place: use it on an inference copy) into a
+    :class:`PointwiseMatmul`; returns how many."""
+    count = 0
+    for module in model.modules():
+        if is_pointwise(module):
+            module.__class__ = PointwiseMatmul  # the same parameters and attributes, another forward
+            count += 1
+    return count

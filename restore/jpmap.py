@@ -65,6 +65,8 @@ class JPMAPConfig:
     bf16_state: bool = False  # bf16: the decoder's residual stream in bf16 too (half the bytes; less exact; with
     #                           upsample="conv_nearest" it is bf16 below the top level anyway: the projection's output)
     fuse_nets: bool = False  # each decoder group's prior and posterior nets as one net (hvae.fused): fewer kernels
+    pointwise_matmul: bool = False  # with channels_last: 1x1 convolutions as one matrix product with the bias in
+    #                                 its epilogue (hvae.fused.PointwiseMatmul), not convolution + bias-add kernel
     cuda_graph: bool = False  # CUDA: replay the eager network pass from a CUDA graph captured once per input
     #                           shape (no launch cost, no compilation); ignored on other devices
 
@@ -200,7 +202,8 @@ def _compiled(mode: str) -> Callable[..., Tensor]:
     return _COMPILED[mode]
 
 
-# prior -> {(fuse_nets, bf16 weights, bf16 state): (fingerprint of its parameters, copy)}; dropped with the prior
+# prior -> {(fuse_nets, bf16 weights, bf16 state, pointwise matmul): (fingerprint of its parameters, copy)}; dropped
+# with the prior
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its variant
 
@@ -222,7 +225,9 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
       convolution casts its input, weight and bias to bf16 anyway, so the copy computes the same numbers without
       one cast kernel per convolution per call; every other parameter stays in its dtype;
     - precision "bf16" with ``bf16_state``: the decoder's residual stream in bf16 too (the copy's
-      ``state_dtype``), which changes the numbers.
+      ``state_dtype``), which changes the numbers;
+    - ``pointwise_matmul`` with ``channels_last``: the 1x1 convolutions as matrix products with the bias in the
+      epilogue (:func:`hvae.fused.pointwise_as_matmul`; the same numbers up to float rounding).
 
     With ``channels_last`` the weights are put in NHWC layout (in place: the values do not change). A prior that
     is not an ``nn.Module`` is returned as it is, and so is one of these copies given back for the same settings
@@ -230,7 +235,8 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
     if not isinstance(prior, torch.nn.Module):
         return prior
     bf16 = config.precision == "bf16"
-    variant = (config.fuse_nets, bf16 and config.cast_weights, bf16 and config.bf16_state)
+    variant = (config.fuse_nets, bf16 and config.cast_weights, bf16 and config.bf16_state,
+               config.channels_last and config.pointwise_matmul)
     if any(variant) and _MADE.get(prior) != variant:
         key = _fingerprint(prior)
         copies = _COPIES.setdefault(prior, {})
@@ -246,6 +252,9 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
                         module.to(torch.bfloat16)
             if variant[2]:
                 net.state_dtype = torch.bfloat16
+            if variant[3]:
+                from hvae.fused import pointwise_as_matmul
+                pointwise_as_matmul(net)
             copies[variant] = (key, net)
             _MADE[net] = variant
         prior = copies[variant][1]

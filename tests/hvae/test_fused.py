@@ -1,5 +1,7 @@
 """hvae.fused: the inference copy whose decoder groups run their prior and posterior nets as one net."""
 
+import copy
+
 import pytest
 import torch
 
@@ -68,3 +70,26 @@ def test_fused_copy_runs_four_fewer_convolutions_per_group_and_leaves_the_model_
 def test_fuse_nets_refuses_what_is_not_an_hvae():
     with pytest.raises(TypeError, match="HierarchicalVAE"):
         fuse_nets(torch.nn.Linear(2, 2))
+
+
+def test_pointwise_matmul_is_the_1x1_convolution_on_channels_last_inputs():
+    from hvae.fused import PointwiseMatmul, is_pointwise, pointwise_as_matmul
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(6, 5, 1), torch.nn.Conv2d(5, 4, 3, padding=1), torch.nn.Conv2d(4, 3, 1),
+                              torch.nn.Conv2d(3, 3, 1, groups=3), torch.nn.Conv2d(3, 2, 1, stride=2))
+    ref = copy.deepcopy(net)
+    assert pointwise_as_matmul(net) == 2  # only the plain 1x1 convolutions: not 3x3, grouped or strided
+    assert [type(m) for m in net] == [PointwiseMatmul, torch.nn.Conv2d, PointwiseMatmul, torch.nn.Conv2d,
+                                      torch.nn.Conv2d]
+    assert not is_pointwise(net[0]) and pointwise_as_matmul(net) == 0  # turned once
+    x = torch.randn(2, 6, 9, 7)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out = net[0](x_cl)
+    assert out.shape == (2, 5, 9, 7) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref[0](x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net(x_cl), ref(x), rtol=1e-5, atol=1e-5)  # the whole stack, matmul path
+    torch.testing.assert_close(net(x), ref(x), rtol=1e-6, atol=1e-6)  # NCHW input: the convolution itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = net[0](x_cl)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), ref[0](x), rtol=0.05, atol=0.05)

@@ -149,6 +149,24 @@ def test_fused_nets_give_jpmap_the_same_iterates_and_compose_with_bf16(busy_tiny
     torch.testing.assert_close(compiled.x, out.x)
 
 
+def test_pointwise_matmul_gives_jpmap_the_same_iterates_with_channels_last(busy_tiny_model):
+    from hvae.fused import PointwiseMatmul
+    y = _smooth_image(32)
+    op = Denoising(0.05)
+    ref = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0))
+    cfg = JPMAPConfig(max_iters=3, tol=0.0, channels_last=True, fuse_nets=True, pointwise_matmul=True)
+    out = jpmap(y, op, busy_tiny_model, cfg)
+    torch.testing.assert_close(out.x, ref.x, rtol=1e-5, atol=1e-5)
+    net = network_for(busy_tiny_model, cfg)
+    assert sum(isinstance(m, PointwiseMatmul) for m in net.modules()) >= 10
+    assert not any(isinstance(m, PointwiseMatmul) for m in busy_tiny_model.modules())  # the prior is left alone
+    # without channels_last the option changes nothing: no copy is made for it
+    assert network_for(busy_tiny_model, JPMAPConfig(pointwise_matmul=True)) is busy_tiny_model
+    bf16 = jpmap(y, op, busy_tiny_model, JPMAPConfig(max_iters=3, tol=0.0, precision="bf16", channels_last=True,
+                                                    pointwise_matmul=True))
+    assert float((bf16.x - ref.x).abs().max()) < 0.05
+
+
 def test_cuda_graph_option_runs_the_eager_pass_off_cuda_and_refuses_compile(busy_tiny_model):
     y = _smooth_image(32)
     op = Denoising(0.05)
