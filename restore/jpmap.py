@@ -18,7 +18,8 @@ smallest residual; kept on the device, with no extra host synchronisation.
 
 Fast path (JPMAPConfig): bf16 autocast for the network passes (the x-step and its FFTs stay fp32) with
 the convolution weights cast to bf16 once (:func:`network_for`) rather than by autocast at every call,
-channels_last, the decoder groups' two nets fused into one (``fuse_nets``), torch.compile of the network pass
+channels_last, the decoder groups' two nets fused into one (``fuse_nets``), the 1x1 convolutions as matrix
+products with the bias in their epilogue (``pointwise_matmul``), torch.compile of the network pass
 (CUDA graphs with compile_mode="reduce-overhead") or, with no compilation, the eager pass replayed from a
 CUDA graph (``cuda_graph``); the history is kept as device tensors and read once at the end, and the
 convergence test, the loop's only host synchronisation, runs every ``check_every`` iterations.
