@@ -35,6 +35,7 @@ from hvae.config import HVAEConfig  # noqa: E402
 from hvae.cost import parameter_count, training_step_flops, zstep_flops, zstep_op_counts  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
 from hvae.module import HVAEModule, OptimConfig, SpeedConfig  # noqa: E402
+from restore.cli import native_bf16_cpu  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.operators import Blur, gaussian_kernel  # noqa: E402
 
@@ -95,7 +96,7 @@ GPU_TRAIN = ["fp32", "bf16-cl", "bf16-cl-compile"]
 # On CPU, fp32, and bf16 + channels_last where oneDNN has native bf16 kernels (AVX512-BF16 or AMX): 1.6-2.2x
 # faster than fp32 on the development machine's EPYC (BENCHMARKS.md, CPU). Without them bf16 may fall back to
 # slow kernels, so it is asked for with --variants; inductor takes minutes on a CPU (--variants too).
-CPU_DEFAULT = ["fp32", "bf16-cl"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ["fp32"]
+CPU_DEFAULT = ["fp32", "bf16-cl"] if native_bf16_cpu() else ["fp32"]
 
 
 def _sync(device: torch.device) -> None:
@@ -191,10 +192,11 @@ def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str
         run()
         _sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    by_op = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    averages = prof.key_averages()
+    by_op = averages.table(sort_by=key, row_limit=rows, max_name_column_width=60)
     by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows,
                                                                   max_name_column_width=40, max_shapes_column_width=80)
-    summary = family_summary(prof.key_averages(), device.type == "cuda")
+    summary = family_summary(averages, device.type == "cuda")
     return f"## {title}\n\n{summary}\n{by_op}\n{by_shape}\n"
 
 

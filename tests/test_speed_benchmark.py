@@ -39,7 +39,8 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
     families = [line for line in profile.read_text().splitlines() if line.startswith("operator self CPU time")]
     assert len(families) == 5  # one per profiled row
     for line in families:  # the families and "other" share all of the operators' time; convolutions take some
-        shares = dict((name.strip(), float(pct)) for name, pct in re.findall(r"([a-z ,()]+) (\d+)%", line.split(": ", 1)[1]))
+        found = re.findall(r"([a-z ,()]+) (\d+)%", line.split(": ", 1)[1])
+        shares = {name.strip(): float(pct) for name, pct in found}
         assert abs(sum(shares.values()) - 100) <= 4 and shares["convolution"] > 0, line
     assert data["settings"]["zstep_ops"]["fused"]["convolutions"] < data["settings"]["zstep_ops"]["plain"]["convolutions"]
 
