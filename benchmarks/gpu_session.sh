@@ -17,7 +17,9 @@
 #   5. the training target (170 images/s, batch 16 of 128x128): the compiled step with CUDA graphs, no profiler
 #      (the first call measured the compiled step: 113 s of compilation, 118 images/s; the second call's 170 s
 #      for both, with the profiler, gave no row)
-# About 9.5 minutes at most (limits 2 x 45 + 60 + 50 + 110 + 250 s). benchmarks/gpu_train.sh (the face prior) needs
+#   6. (after step 1) bf16's rounding floor on the GPU's kernels with the decoder mean now in fp32
+#      (benchmarks/bf16_floor.py: 8 full images, kernel 4, noise 2.55; this CPU: BENCHMARKS.md "bf16 against fp32")
+# About 9.5 minutes at most (limits 2 x 45 + 30 + 60 + 50 + 110 + 230 s). benchmarks/gpu_train.sh (the face prior) needs
 # a session of its own.
 #
 # From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
@@ -26,7 +28,8 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".carry/CBSD68", ".carry/kernels", ".whl"], timeout_s=600)
 #   (name the folders: .carry/faces64 of gpu_train.sh would put the whole .carry over the 64 MiB limit)
-# Everything lands in $OUT (8 files at most come back): gpu.txt, restore.log, speed.json, speed.log, profile.txt.
+# Everything lands in $OUT (8 files at most come back): gpu.txt, restore.log, floor.log, floor.json, speed.json,
+# speed.log, profile.txt.
 # A step that fails or runs out of time leaves its log and the next step runs.
 # Smoke run on a CPU (no CUDA): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
@@ -43,12 +46,14 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     EAGER_SIZES=(64x64); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(64x128); GRAPHS=(bf16-cl-fused)
     TRAIN=(bf16-cl)
     RESTORE=(--device cpu --iterations 2); IMAGE_CROP=64
+    FLOOR=(--device cpu --limit 1 --crop 64 --warm 1 --floor 3 --threads 1)
 else
     SPEED=()
     MM_SIZES=(320x448 1024x1024); MM=(bf16-cl-fused bf16-cl-fused-mm bf16-cl-fused-graph bf16-cl-fused-mm-graph)
     EAGER_SIZES=(512x512 2048x2048); EAGER=(fp32 bf16-cl-fused-graph); SIZES=(1024x1024)
     GRAPHS=(bf16-cl-cudagraphs-fused); TRAIN=(bf16-cl-cudagraphs)
     RESTORE=(); IMAGE_CROP=0
+    FLOOR=(--limit 8 --floor 30)
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
@@ -79,6 +84,10 @@ for mode in fp32 fast; do
 done
 rm -rf "$OUT"/restore_fp32 "$OUT"/restore_fast "$OUT/clean.png"
 
+# 6. bf16's pass error and residual floor against fp32 (the numbers behind bf16 running all its iterations)
+step 30 floor.log "$PY" benchmarks/bf16_floor.py --folder "$FOLDER" --kernels "$KERNELS" --json "$OUT/floor.json" \
+    "${FLOOR[@]}"
+
 # 2-5. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
 step 60 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${MM_SIZES[@]}" \
@@ -87,5 +96,5 @@ step 50 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[
     --variants "${EAGER[@]}" --cudnn-benchmark
 step 110 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZES[@]}" \
     --variants "${GRAPHS[@]}" --cudnn-benchmark
-step 250 speed.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --train-variants "${TRAIN[@]}"
+step 230 speed.log "$PY" benchmarks/speed_gpu.py --only train "${J[@]}" "${SPEED[@]}" --train-variants "${TRAIN[@]}"
 ls -la "$OUT"

@@ -52,7 +52,8 @@ class JPMAPConfig:
     tau: TauArg = 0.8  # one value, or one per latent group (top first)
     tau_end: float | None = None  # if set: tau linear from ``tau`` (top group) to ``tau_end`` (bottom group)
     max_iters: int = 50
-    tol: float = 1e-4  # stop when the RMS residual of every image is below this
+    tol: float = 1e-4  # stop when the RMS residual of every image is below this (bf16: its rounding keeps the
+    #                    residual above about 4e-4 on natural images, BENCHMARKS.md, so bf16 runs max_iters)
     divergence_guard: float | None = 4.0  # residual > this x its minimum: return the minimum's iterate (None: off)
     check_every: int = 5  # convergence test every few iterations (one host synchronisation each)
     init: str = "auto"  # "auto" (operator's choice), "observation", "adjoint"
@@ -222,9 +223,10 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
 
     - ``fuse_nets``: each decoder group's prior and posterior nets run as one net (:func:`hvae.fused.fuse_nets`;
       the same numbers up to the order of floating-point sums, fewer convolutions);
-    - precision "bf16" with ``cast_weights``: the ``nn.Conv2d`` weights and biases are bf16. Under autocast a
-      convolution casts its input, weight and bias to bf16 anyway, so the copy computes the same numbers without
-      one cast kernel per convolution per call; every other parameter stays in its dtype;
+    - precision "bf16" with ``cast_weights``: the ``nn.Conv2d`` weights and biases are bf16, except the output
+      convolution's (``out``), which the model runs in fp32 with autocast off (:meth:`HierarchicalVAE._mean`).
+      Under autocast a convolution casts its input, weight and bias to bf16 anyway, so the copy computes the
+      same numbers without one cast kernel per convolution per call; every other parameter stays in its dtype;
     - precision "bf16" with ``bf16_state``: the decoder's residual stream in bf16 too (the copy's
       ``state_dtype``), which changes the numbers;
     - ``pointwise_matmul`` with ``channels_last``: the 1x1 convolutions as matrix products with the bias in the
@@ -247,9 +249,9 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
                 net = fuse_nets(prior)
             else:
                 net = copy.deepcopy(prior)
-            if variant[1]:
+            if variant[1]:  # the output convolution stays fp32: the model runs it with autocast off
                 for module in net.modules():
-                    if isinstance(module, torch.nn.Conv2d):
+                    if isinstance(module, torch.nn.Conv2d) and module is not getattr(net, "out", None):
                         module.to(torch.bfloat16)
             if variant[2]:
                 net.state_dtype = torch.bfloat16

@@ -151,3 +151,17 @@ def test_top_down_keeps_the_kl_only_when_asked(tiny_model):
         kept = tiny_model.top_down(TemperedMode(0.8, tiny_model.num_groups), 1, 16, 16, acts, keep_kl=True)
     assert plain.kl == [] and len(kept.kl) == tiny_model.num_groups
     torch.testing.assert_close(plain.mean, kept.mean)
+
+
+def test_decoder_mean_is_computed_in_fp32_under_bf16_autocast(busy_tiny_model):
+    """Under bf16 autocast every convolution but the output one runs in bf16; the mean is not rounded to bf16."""
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    last = {}
+    hook = busy_tiny_model.out.register_forward_pre_hook(lambda module, args: last.update(state=args[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, decoded = busy_tiny_model.encode_decode(x, 0.8)
+    hook.remove()
+    assert decoded.dtype == torch.float32
+    assert not torch.equal(decoded, decoded.bfloat16().float())  # bf16-rounded values would all be representable
+    expected = torch.nn.functional.conv2d(last["state"].float(), busy_tiny_model.out.weight, busy_tiny_model.out.bias)
+    torch.testing.assert_close(decoded, (expected + 1) / 2)  # from_model_range: [-1, 1] -> [0, 1]
