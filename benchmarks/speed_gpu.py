@@ -87,6 +87,10 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16-cl-cudagraphs-fused", True, True, "reduce-overhead", fuse_nets=True),
     Variant("bf16-cl-cudagraphs-fused-bf16state", True, True, "reduce-overhead", bf16_state=True, fuse_nets=True),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
+    # max-autotune's Triton GEMM templates can take bias, SiLU and the residual add into a matrix product's epilogue,
+    # which the 1x1 convolutions as matrix products (pointwise_matmul) expose; minutes of autotuning per shape
+    Variant("bf16-cl-autotune-fused", True, True, "max-autotune", fuse_nets=True),
+    Variant("bf16-cl-autotune-fused-mm", True, True, "max-autotune", fuse_nets=True, pointwise_matmul=True),
 ]}
 # training has no per-call casts, bf16 stream, fused nets or eager graphs (JPMAP's inference options)
 TRAIN_VARIANTS = [v.name for v in VARIANTS.values()

@@ -155,6 +155,8 @@ class HVAEModule(L.LightningModule):
         if self._train_elbo is None:
             mode = None if self.speed.compile_mode == "default" else self.speed.compile_mode
             self._train_elbo = torch.compile(self.model.elbo, mode=mode)
+        if self.speed.compile_mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs: a new step begins, the
+            torch.compiler.cudagraph_mark_step_begin()  # last one's outputs (logged, backpropagated) are done with
         return self._train_elbo(x)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

@@ -72,19 +72,25 @@ def test_optimizer_kernel_choice_on_cpu(tiny_config):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled training is tested on CUDA (inductor is slow on CPU)")
-def test_compiled_channels_last_bf16_step_on_cuda(tiny_config):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_channels_last_bf16_step_on_cuda(tiny_config, mode):
     module = HVAEModule(tiny_config, OptimConfig(optimizer="adamw"),
-                        speed=SpeedConfig(channels_last=True, compile=True)).cuda()
+                        speed=SpeedConfig(channels_last=True, compile=True, compile_mode=mode)).cuda()
     module.setup("fit")
     opt = module.configure_optimizers()["optimizer"]
     assert opt.defaults["fused"] is True
-    x = _batch(4, 32).cuda()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = module._elbo(x)
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in module.model.parameters()
-                                            if p.grad is not None)
-    opt.step()
+    losses = []
+    for step in range(4):  # with CUDA graphs: warm-up, recording, then replays of the recorded graphs
+        x = _batch(4, 32, seed=step).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = module._elbo(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in module.model.parameters()
+                                                if p.grad is not None)
+        losses.append(float(out.loss))
+        opt.step()
+    assert len(set(losses)) == 4  # each step saw its own batch and the updated weights
 
 
 def test_bad_compile_mode_is_refused():
