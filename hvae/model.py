@@ -242,8 +242,8 @@ class HierarchicalVAE(nn.Module):
     def _mean(self, state: Tensor) -> Tensor:
         """The decoder mean from the last state, [N, C, H, W]: the output convolution in its weights' dtype with
         autocast off (fp32 under bf16 autocast). Rounded to bf16 (8 bits of mantissa), the mean was the largest
-        error of a bf16 pass: with this, the iterate a bf16 pass gives JPMAP is 3.8e-4 RMS from the fp32 one, not 1.07e-3
-        (shipped natural prior, 8 full CBSD68 images; BENCHMARKS.md, "bf16 against fp32")."""
+        error of a bf16 pass: with this, the iterate a bf16 pass gives JPMAP is 3.8e-4 RMS from the fp32 one, not
+        1.07e-3 (shipped natural prior, 8 full CBSD68 images; BENCHMARKS.md, "bf16 against fp32")."""
         if not torch.amp.is_autocast_available(state.device.type):  # the meta device (hvae.cost)
             return self.out(state)
         with torch.autocast(state.device.type, enabled=False):
