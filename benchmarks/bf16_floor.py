@@ -29,7 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, build_settings, centre_crop, load_images, machine_line, psnr  # noqa: E402
+from data.images import DataError  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step  # noqa: E402
+from restore.operators import OperatorError  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 
 
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     from hvae.export import load_prior
     prior = load_prior(args.prior, map_location=device)
-    setting = build_settings(["deblur"], args.kernels, [args.kernel], [args.noise])[0]
-    images = load_images(args.folder, args.limit, args.crop, None, args.start)
+    try:
+        setting = build_settings(["deblur"], args.kernels, [args.kernel], [args.noise])[0]
+        images = load_images(args.folder, args.limit, args.crop, None, args.start)
+    except (OperatorError, DataError) as err:
+        raise SystemExit(f"error: {err}") from None
     if not images:
         raise SystemExit(f"error: no images in {args.folder} from --start {args.start}")
     print(f"# {machine_line(device)}\n# python benchmarks/bf16_floor.py {' '.join(sys.argv[1:] if argv is None else argv)}"
@@ -118,8 +123,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  else f"{row[c]:+.4f}" if c == "psnr_diff" else f"{row[c]:.3f}" if c.startswith("psnr")
                  else str(row[c]) for c in columns]
         print("| " + " | ".join(cells) + " |", flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
+        if args.json:  # rewritten after every image, atomically: an interrupted run keeps the rows it has
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(rows, indent=1))
+            tmp.replace(args.json)
     means = {c: statistics.mean(r[c] for r in rows) for c in columns if c not in ("image", "size", "warm", "iters")}
     print("# mean: " + ", ".join(f"{c} {v:.4g}" for c, v in means.items()), flush=True)
     return rows

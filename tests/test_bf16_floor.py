@@ -40,6 +40,12 @@ def test_pass_error_and_floor_are_measured(folders, load_benchmark, capsys):
     assert "| img1 | 32x48 | 2 |" in capsys.readouterr().out
 
 
-def test_bad_counts_are_refused(folders, load_benchmark):
+def test_bad_input_is_refused_in_one_line(folders, load_benchmark):
+    module = load_benchmark("bf16_floor")
     with pytest.raises(SystemExit, match="--limit >= 1"):
-        load_benchmark("bf16_floor").main(["--folder", str(folders / "images"), "--limit", "0"])
+        module.main(["--folder", str(folders / "images"), "--limit", "0"])
+    with pytest.raises(SystemExit, match="error: kernel file .*9.npy' does not exist"):
+        module.main(["--folder", str(folders / "images"), "--kernels", str(folders / "kernels"), "--kernel", "9",
+                     "--prior", str(PRIOR)])
+    with pytest.raises(SystemExit, match="error: image folder .*none does not exist"):
+        module.main(["--folder", str(folders / "none"), "--kernels", str(folders / "kernels"), "--prior", str(PRIOR)])
