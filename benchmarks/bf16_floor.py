@@ -23,12 +23,13 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, build_settings, centre_crop, load_images, machine_line, psnr  # noqa: E402
+from quality import DATASETS, build_settings, load_images, machine_line, observation, psnr  # noqa: E402
 from data.images import DataError  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step  # noqa: E402
 from restore.operators import OperatorError  # noqa: E402
@@ -43,15 +44,15 @@ def measure(y, op, clean, prior, gamma: float, tau, tau_end, returns: str, warm:
             fuse_nets: bool) -> dict:
     fp32 = JPMAPConfig(gamma=gamma, tau=tau, tau_end=tau_end, return_estimate=returns, tol=0.0, divergence_guard=None,
                        check_every=1000)
-    bf16 = JPMAPConfig(**{**fp32.__dict__, "precision": "bf16", "channels_last": True, "fuse_nets": fuse_nets})
-    x = jpmap(y, op, prior, JPMAPConfig(**{**fp32.__dict__, "max_iters": warm})).x
+    bf16 = replace(fp32, precision="bf16", channels_last=True, fuse_nets=fuse_nets)
+    x = jpmap(y, op, prior, replace(fp32, max_iters=warm)).x
     taus = fp32.taus(prior.num_groups)
     g32, g16 = make_decoder_step(prior, taus, fp32)(x), make_decoder_step(prior, taus, bf16)(x)
     row = {"warm": warm, "pass_rms_G": rms(g16 - g32),
            "pass_rms_xstep": rms(op.prox_l2(g16, y, gamma) - op.prox_l2(g32, y, gamma))}
     if floor_iters:
-        r32 = jpmap(y, op, prior, JPMAPConfig(**{**fp32.__dict__, "max_iters": floor_iters}))
-        r16 = jpmap(y, op, prior, JPMAPConfig(**{**bf16.__dict__, "max_iters": floor_iters}))
+        r32 = jpmap(y, op, prior, replace(fp32, max_iters=floor_iters))
+        r16 = jpmap(y, op, prior, replace(bf16, max_iters=floor_iters))
         row.update(iters=floor_iters, bf16_floor=statistics.median(r16.history.residual[-5:]),
                    fp32_last_residual=r32.history.residual[-1], psnr_fp32=psnr(r32.estimate, clean),
                    psnr_bf16=psnr(r16.estimate, clean))
@@ -108,11 +109,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns), flush=True)
     rows = []
     for idx, name, full in images:
-        clean = centre_crop(full, None)[None]
-        gen = torch.Generator().manual_seed(args.seed + idx)
-        op = setting.make(*clean.shape[-2:], gen)
-        y = op.degrade(clean.double(), gen).float().to(device)
-        op, clean = op.to(device), clean.to(device)
+        op, y = observation(setting, full[None], args.seed + idx, device)
+        clean = full[None].to(device)
         start = time.perf_counter()
         row = {"image": name, "size": f"{clean.shape[-2]}x{clean.shape[-1]}", "setting": setting.name,
                **measure(y, op, clean, prior, gamma, tau, tau_end, preset["return"], args.warm, args.floor,

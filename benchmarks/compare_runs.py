@@ -8,20 +8,20 @@ code change against the code before it), over all the shared rows and over those
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import read_rows as read_quality_rows  # noqa: E402
 
 
 def read_rows(path: Path, method: str) -> dict[tuple, dict]:
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        raise SystemExit(f"error: cannot read {path}: {err.strerror}") from None
-    if rows and not {"image", "setting", "method", "psnr", "iterations"} <= set(rows[0]):
-        raise SystemExit(f"error: {path} is not a CSV of benchmarks/quality.py (no image/setting/method/psnr columns)")
-    return {(r["image"], r["setting"], r.get("height"), r.get("width")): r for r in rows if r["method"] == method}
+    """(dataset, image, task, setting, height, width) -> the row of ``method`` in one quality.py CSV."""
+    rows = {key[:-1]: r for key, r in read_quality_rows([path]).items() if key[-1] == method}
+    if any("iterations" not in r for r in rows.values()):
+        raise SystemExit(f"error: {path} has no iterations column: not a CSV of benchmarks/quality.py")
+    return rows
 
 
 def summary(diffs: list[float], tolerance: float) -> str:
@@ -34,7 +34,7 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], tolerance: float) -> lis
     shared = [k for k in a if k in b]
     if not shared:
         raise SystemExit("error: the two CSVs share no image-setting of this method (same images, crop, tasks?)")
-    diffs = [float(b[k]["psnr"]) - float(a[k]["psnr"]) for k in shared]
+    diffs = [b[k]["psnr"] - a[k]["psnr"] for k in shared]
     same = [d for k, d in zip(shared, diffs) if a[k]["iterations"] == b[k]["iterations"]]
     mean_it = [statistics.mean(int(r[k]["iterations"]) for k in shared) for r in (a, b)]
     lines = ["all: " + summary(diffs, tolerance),
@@ -43,7 +43,7 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], tolerance: float) -> lis
              f"A stopped earlier on {sum(int(a[k]['iterations']) < int(b[k]['iterations']) for k in shared)}, "
              f"B on {sum(int(b[k]['iterations']) < int(a[k]['iterations']) for k in shared)}"]
     worst = sorted(zip(diffs, shared), key=lambda t: -abs(t[0]))[:5]
-    lines += [f"  {k[0]} {k[1]}: {d:+.4f} dB ({a[k]['iterations']} / {b[k]['iterations']} iterations)" for d, k in worst]
+    lines += [f"  {k[1]} {k[3]}: {d:+.4f} dB ({a[k]['iterations']} / {b[k]['iterations']} iterations)" for d, k in worst]
     return lines
 
 

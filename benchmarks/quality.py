@@ -148,6 +148,16 @@ def centre_crop(x: Tensor, size: int | None, multiple: int = 1) -> Tensor:
     return x[..., top:top + th, left:left + tw]
 
 
+def observation(setting: Setting, clean: Tensor, seed: int, device: torch.device) -> tuple[object, Tensor]:
+    """The protocol's degraded image of ``clean`` [1, C, H, W] under ``setting``: (operator, y), both on ``device``.
+    One generator seeded ``seed`` (the run's seed + the image's index in its folder) draws the mask if any, then the
+    noise (added in float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    op = setting.make(*clean.shape[-2:], gen)  # masks drawn first, then the noise, from one generator
+    y = op.degrade(clean.double(), gen).float().to(device)
+    return op.to(device), y
+
+
 def load_images(folder: Path, limit: int | None, crop: int | None, resize: int | None,
                 start: int = 0) -> list[tuple[int, str, Tensor]]:
     """(index in the sorted folder, name, image) of images start .. start + limit - 1."""
@@ -471,10 +481,8 @@ def figures(args: argparse.Namespace, images, prior, device, fig_dir: Path) -> l
     idx, name, clean = images[0]
     fig_dir.mkdir(parents=True, exist_ok=True)
     setting = build_settings(["deblur"], Path(args.kernels), [9], [7.65])[0]
-    gen = torch.Generator().manual_seed(args.seed + idx)  # the same y as in the table
-    op = setting.make(*clean.shape[-2:], gen)
-    y = op.degrade(clean[None].double(), gen).float().to(device)
-    op, clean = op.to(device), clean[None].to(device)
+    op, y = observation(setting, clean[None], args.seed + idx, device)  # the same y as in the table
+    clean = clean[None].to(device)
     hv = hvae_settings(args, setting)
     common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"])
     jp_psnr: list[float] = []
@@ -655,10 +663,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for setting in settings:
         for idx, name, full in images:  # idx: index in the sorted folder
             clean = centre_crop(full, None, setting.factor)[None]
-            gen = torch.Generator().manual_seed(args.seed + idx)
-            op = setting.make(*clean.shape[-2:], gen)  # masks drawn first, then the noise, from one generator
-            y = op.degrade(clean.double(), gen).float().to(device)
-            op, clean_d = op.to(device), clean.to(device)
+            op, y = observation(setting, clean, args.seed + idx, device)
+            clean_d = clean.to(device)
             for method in methods:
                 t = time.perf_counter()
                 est, iters = run_method(method, y, op, prior, args, setting, bm3d)

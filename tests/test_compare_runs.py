@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-FIELDS = ["image", "setting", "method", "psnr", "iterations", "height", "width"]
+FIELDS = ["dataset", "image", "task", "setting", "method", "psnr", "iterations", "height", "width"]
 
 
 def _csv(path, rows):
@@ -12,8 +12,8 @@ def _csv(path, rows):
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
         for image, psnr, iters in rows:
-            w.writerow(dict(image=image, setting="k4 s2.55", method="pnp-hvae", psnr=psnr, iterations=iters,
-                            height=32, width=48))
+            w.writerow(dict(dataset="natural", image=image, task="deblur", setting="k4 s2.55", method="pnp-hvae",
+                            psnr=psnr, iterations=iters, height=32, width=48))
     return path
 
 
@@ -34,8 +34,12 @@ def test_unrelated_or_missing_files_are_refused(tmp_path, load_benchmark):
     module = load_benchmark("compare_runs")
     with pytest.raises(SystemExit, match="share no image-setting"):
         module.main([str(a), str(b)])
-    with pytest.raises(SystemExit, match="cannot read"):
+    with pytest.raises(SystemExit, match="none.csv: No such file or directory"):
         module.main([str(a), str(tmp_path / "none.csv")])
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(SystemExit, match="not a CSV of benchmarks/quality.py"):
+    with pytest.raises(SystemExit, match="line 2 is not a row of benchmarks/quality.py"):
         module.main([str(a), str(tmp_path / "bad.csv")])
+    (tmp_path / "no_iterations.csv").write_text(
+        "dataset,image,task,setting,method,psnr,height,width\nnatural,i0,deblur,k4 s2.55,pnp-hvae,30,32,48\n")
+    with pytest.raises(SystemExit, match="no iterations column: not a CSV of benchmarks/quality.py"):
+        module.main([str(a), str(tmp_path / "no_iterations.csv")])
