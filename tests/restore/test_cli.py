@@ -149,6 +149,7 @@ def test_fast_sets_the_measured_fast_path(tmp_path, clean_png, capsys):
     assert (solver["precision"], solver["channels_last"], solver["fuse_nets"], solver["cuda_graph"]) == (
         "bf16", True, True, True)
     assert not solver["compile"] and not solver["bf16_state"]
+    assert not solver["pointwise_matmul"]  # matrix-product 1x1 convolutions: GPU only (not faster on a CPU)
 
 
 def test_fast_with_compile_and_refusals(monkeypatch):
@@ -162,8 +163,22 @@ def test_fast_with_compile_and_refusals(monkeypatch):
     cfg = cli.solver_config(parse(["--device", "cpu", "--fast", "--compile", "reduce-overhead"]))
     assert (cfg.precision, cfg.channels_last, cfg.fuse_nets, cfg.cuda_graph, cfg.compile, cfg.compile_mode) == (
         "bf16", True, True, False, True, "reduce-overhead")
+    assert not cfg.pointwise_matmul
     with pytest.raises(cli.UsageError, match="JPMAP options"):
         cli.solver_config(parse(["--method", "adam", "--fast"]))
+    with pytest.raises(cli.UsageError, match="--pointwise-matmul: JPMAP options"):
+        cli.solver_config(parse(["--method", "adam", "--pointwise-matmul"]))
+    with pytest.raises(cli.UsageError, match="add --channels-last"):
+        cli.solver_config(parse(["--device", "cpu", "--pointwise-matmul"]))
+    cfg = cli.solver_config(parse(["--device", "cpu", "--channels-last", "--pointwise-matmul"]))
+    assert cfg.pointwise_matmul and cfg.channels_last and cfg.precision == "fp32"
+    monkeypatch.setattr(cli, "pick_device", lambda name: torch.device("cuda"))  # what --fast picks on a GPU
+    cfg = cli.solver_config(parse(["--fast"]))
+    assert (cfg.precision, cfg.channels_last, cfg.fuse_nets, cfg.cuda_graph, cfg.pointwise_matmul) == (
+        "bf16", True, True, True, True)
+    cfg = cli.solver_config(parse(["--fast", "--compile", "reduce-overhead"]))
+    assert cfg.compile and not cfg.cuda_graph and not cfg.pointwise_matmul  # not measured compiled
+    monkeypatch.undo()
     monkeypatch.setattr(cli, "native_bf16_cpu", lambda: False)
     with pytest.raises(cli.UsageError, match="no native kernels"):
         cli.solver_config(parse(["--device", "cpu", "--fast"]))
