@@ -81,11 +81,14 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16-cl-fused-bf16state-graph", True, True, None, bf16_state=True, fuse_nets=True, cuda_graph=True),
     Variant("bf16-cl-fused-mm-graph", True, True, None, fuse_nets=True, cuda_graph=True, pointwise_matmul=True),
     Variant("bf16-cl-compile", True, True, "default"),
+    Variant("bf16-cl-compile-fused", True, True, "default", fuse_nets=True),  # profiled: its kernels are visible
+    Variant("bf16-cl-compile-fused-mm", True, True, "default", fuse_nets=True, pointwise_matmul=True),
     Variant("bf16-cl-cudagraphs", True, True, "reduce-overhead"),
     Variant("bf16-cl-cudagraphs-percall", True, True, "reduce-overhead", cast_weights=False),
     Variant("bf16-cl-cudagraphs-bf16state", True, True, "reduce-overhead", bf16_state=True),
     Variant("bf16-cl-cudagraphs-fused", True, True, "reduce-overhead", fuse_nets=True),
     Variant("bf16-cl-cudagraphs-fused-bf16state", True, True, "reduce-overhead", bf16_state=True, fuse_nets=True),
+    Variant("bf16-cl-cudagraphs-fused-mm", True, True, "reduce-overhead", fuse_nets=True, pointwise_matmul=True),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
     # max-autotune's Triton GEMM templates can take bias, SiLU and the residual add into a matrix product's epilogue,
     # which the 1x1 convolutions as matrix products (pointwise_matmul) expose; minutes of autotuning per shape
@@ -164,24 +167,34 @@ FAMILIES = [("convolution", ("aten::cudnn_convolution", "aten::mkldnn_convolutio
                             "aten::silu_backward", "aten::gelu_backward")),
             ("copy, cast", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous")),
             ("cat", ("aten::cat",))]
+INDUCTOR = "Inductor kernels"  # torch.compile's generated kernels (triton_*: fused pointwise and reductions), which
+#                                run under no aten operator
+
+
+def _family_of(key: str) -> str:
+    if key.startswith("triton_"):
+        return INDUCTOR
+    return next((family for family, names in FAMILIES if key in names), "other")
 
 
 def family_summary(averages, device_time: bool) -> str:
     """One line: the operators' self time (device time on a GPU) summed by family, in % of all operators' self
-    time. Only ``aten::`` operators count, so a kernel is counted once (under the operator that launched it);
-    kernels replayed from a CUDA graph belong to no operator, and the line says so when that is all."""
+    time. Only ``aten::`` operators count, so a kernel is counted once (under the operator that launched it),
+    and torch.compile's own kernels (``triton_*``, launched by no operator) as one more family when there are
+    any; kernels replayed from a CUDA graph belong to no operator, and the line says so when that is all."""
     def self_time(event) -> float:
         return event.self_device_time_total if device_time else event.self_cpu_time_total
-    ops = [e for e in averages if e.key.startswith("aten::")]
+    ops = [e for e in averages if e.key.startswith(("aten::", "triton_"))]
     total = sum(self_time(e) for e in ops)
     kind = "device" if device_time else "CPU"
     if total <= 0:
         return f"operator self {kind} time by family: none attributed to operators (a CUDA graph replay)\n"
-    shares, named = [], set()
-    for family, names in FAMILIES:
-        named.update(names)
-        shares.append(f"{family} {100 * sum(self_time(e) for e in ops if e.key in names) / total:.0f}%")
-    shares.append(f"other {100 * sum(self_time(e) for e in ops if e.key not in named) / total:.0f}%")
+    families = [family for family, _ in FAMILIES] + [INDUCTOR, "other"]
+    time_of = dict.fromkeys(families, 0.0)
+    for e in ops:
+        time_of[_family_of(e.key)] += self_time(e)
+    shares = [f"{family} {100 * time_of[family] / total:.0f}%" for family in families
+              if family != INDUCTOR or time_of[INDUCTOR] > 0]
     return f"operator self {kind} time by family ({total / 1e3:,.1f} ms in all): " + ", ".join(shares) + "\n"
 
 

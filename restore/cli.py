@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="each decoder group's prior and posterior nets run as one net (fewer convolutions)")
     fast.add_argument("--pointwise-matmul", action="store_true",
                       help="with --channels-last: 1x1 convolutions as matrix products with the bias in the "
-                           "epilogue (H200, eager: 15-19%% faster; not faster on this project's CPU)")
+                           "epilogue (H200 with --cuda-graph: 15-19%% faster; without it slower at 320x448, its "
+                           "extra host time; not faster on this project's CPU)")
     fast.add_argument("--cuda-graph", action="store_true",
                       help="replay the network pass from a CUDA graph captured once per shape (CUDA only)")
     fast.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,

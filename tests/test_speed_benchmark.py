@@ -49,3 +49,23 @@ def test_zero_warm_up_is_refused_in_one_line(tmp_path):
     proc = _speed(tmp_path, "--warmup", "0")
     assert proc.returncode == 2 and "--warmup must be at least 1" in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_family_summary_counts_operators_and_inductor_kernels_once():
+    """The profile's family line: aten operators by family, torch.compile's triton kernels as their own family
+    (they run under no operator), CUDA kernels under an operator not counted twice; a graph replay says so."""
+    from types import SimpleNamespace
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed_gpu
+
+    def event(key, us):
+        return SimpleNamespace(key=key, self_device_time_total=us, self_cpu_time_total=0.0)
+
+    events = [event("aten::cudnn_convolution", 300.0), event("aten::add_", 100.0), event("aten::index", 100.0),
+              event("triton_poi_fused_add_silu_0", 500.0), event("sm90_xmma_fprop_implicit_gemm", 300.0)]
+    line = speed_gpu.family_summary(events, device_time=True)
+    assert line.startswith("operator self device time by family (1.0 ms in all): convolution 30%, ")
+    assert "add (bias, residual) 10%" in line and "Inductor kernels 50%" in line and line.endswith("other 10%\n")
+    eager = speed_gpu.family_summary(events[:3], device_time=True)
+    assert "Inductor" not in eager and "convolution 60%" in eager
+    assert "none attributed" in speed_gpu.family_summary([event("sm90_xmma_fprop", 5.0)], device_time=True)
