@@ -181,12 +181,14 @@ def test_cuda_graph_option_runs_the_eager_pass_off_cuda_and_refuses_compile(busy
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
-@pytest.mark.parametrize("precision, fuse", [("fp32", False), ("bf16", True)])
-def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fuse):
+@pytest.mark.parametrize("precision, fuse, mm", [("fp32", False, False), ("bf16", True, False),
+                                                 ("bf16", True, True)])  # the last: restore.py --fast on CUDA
+def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fuse, mm):
     model = busy_tiny_model.cuda()
     op = Denoising(0.05)
     y, y2 = _smooth_image(64).cuda(), _smooth_image(64, seed=1).cuda()
-    cfg = JPMAPConfig(max_iters=5, tol=0.0, precision=precision, fuse_nets=fuse, channels_last=precision == "bf16")
+    cfg = JPMAPConfig(max_iters=5, tol=0.0, precision=precision, fuse_nets=fuse, channels_last=precision == "bf16",
+                      pointwise_matmul=mm)
     ref = jpmap(y, op, model, cfg)
     graphed = JPMAPConfig(**{**cfg.__dict__, "cuda_graph": True})
     out = jpmap(y, op, model, graphed)
@@ -204,13 +206,14 @@ def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fu
 
 # last in the file: inductor's compilations are the slowest CUDA tests (gpu_session.sh runs them under a time limit)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compilation is tested on CUDA only (too slow on CPU)")
-@pytest.mark.parametrize("mode, fuse", [("default", False), ("reduce-overhead", False), ("reduce-overhead", True)])
-def test_compiled_bf16_pass_on_cuda(busy_tiny_model, mode, fuse):
+@pytest.mark.parametrize("mode, fuse, mm", [("default", False, False), ("reduce-overhead", False, False),
+                                            ("reduce-overhead", True, False), ("reduce-overhead", True, True)])
+def test_compiled_bf16_pass_on_cuda(busy_tiny_model, mode, fuse, mm):
     model = busy_tiny_model.cuda()
     y = _smooth_image(64).cuda()
     op = Denoising(0.05)
     ref = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16"))
     out = jpmap(y, op, model, JPMAPConfig(max_iters=4, tol=0.0, precision="bf16", channels_last=True,
-                                          compile=True, compile_mode=mode, fuse_nets=fuse))
+                                          compile=True, compile_mode=mode, fuse_nets=fuse, pointwise_matmul=mm))
     assert out.x.device.type == "cuda"
     assert float((out.x - ref.x).abs().max()) < 0.02
