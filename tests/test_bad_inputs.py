@@ -79,6 +79,8 @@ REFUSALS = [
                                         "default"), "--cuda-graph replays the eager pass"),
     Refusal("fast_path_flag_with_adam", ("--clean", "@clean.png", "--operator", "denoise", "--method", "adam",
                                          "--fuse-nets"), "JPMAP options"),
+    Refusal("pointwise_matmul_without_channels_last", ("--clean", "@clean.png", "--operator", "denoise",
+                                                       "--pointwise-matmul"), "add --channels-last"),
     Refusal("divergence_guard_below_one", ("--clean", "@clean.png", "--operator", "denoise", "--divergence-guard",
                                            "0.5"), "--divergence-guard must be > 1"),
     Refusal("prior_of_another_architecture", ("--clean", "@clean.png", "--operator", "denoise",
