@@ -98,8 +98,11 @@ VARIANTS = {v.name: v for v in [
 # training has no per-call casts, bf16 stream, fused nets or eager graphs (JPMAP's inference options)
 TRAIN_VARIANTS = [v.name for v in VARIANTS.values()
                   if v.cast_weights and not (v.bf16_state or v.fuse_nets or v.cuda_graph or v.pointwise_matmul)]
-GPU_JPMAP = ["fp32", "bf16-cl", "bf16-cl-compile", "bf16-cl-cudagraphs"]
-GPU_TRAIN = ["fp32", "bf16-cl", "bf16-cl-compile"]
+# on a GPU, what users run: fp32 (the default), restore.py --fast (eager, CUDA graph replay, matrix-product 1x1
+# convolutions), --fast --compile reduce-overhead; training in fp32 and with the README's flags (bf16-mixed,
+# channels_last, compiled with CUDA graphs). The H200's figures: BENCHMARKS.md, "NVIDIA H200, third call"
+GPU_JPMAP = ["fp32", "bf16-cl-fused-mm-graph", "bf16-cl-cudagraphs-fused"]
+GPU_TRAIN = ["fp32", "bf16-cl-cudagraphs"]
 # On CPU, fp32, and bf16 + channels_last where oneDNN has native bf16 kernels (AVX512-BF16 or AMX): 1.6-2.2x
 # faster than fp32 on the development machine's EPYC (BENCHMARKS.md, CPU). Without them bf16 may fall back to
 # slow kernels, so it is asked for with --variants; inductor takes minutes on a CPU (--variants too).
