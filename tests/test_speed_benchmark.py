@@ -69,3 +69,13 @@ def test_family_summary_counts_operators_and_inductor_kernels_once():
     eager = speed_gpu.family_summary(events[:3], device_time=True)
     assert "Inductor" not in eager and "convolution 60%" in eager
     assert "none attributed" in speed_gpu.family_summary([event("sm90_xmma_fprop", 5.0)], device_time=True)
+
+
+def test_gpu_default_variants_exist():
+    """The rows a plain run on a GPU measures are real variants (a misspelt one would fail only there)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed_gpu
+    assert set(speed_gpu.GPU_JPMAP) <= set(speed_gpu.VARIANTS)
+    assert set(speed_gpu.GPU_TRAIN) <= set(speed_gpu.TRAIN_VARIANTS)
+    fast = speed_gpu.VARIANTS["bf16-cl-fused-mm-graph"]  # restore.py --fast on CUDA
+    assert fast.bf16 and fast.channels_last and fast.fuse_nets and fast.cuda_graph and fast.pointwise_matmul
