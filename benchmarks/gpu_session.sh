@@ -13,7 +13,7 @@
 #   3. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
 #      call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
 #   4. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies)
-# About 9.5 minutes at most (limits 130 + 170 + 120 + 170 s). Then, if the session has about 5 minutes of device
+# About 9.5 minutes at most (limits 110 + 160 + 110 + 200 s). Then, if the session has about 5 minutes of device
 # time left, on the warm machine (autotuning takes minutes per shape):
 #   python3 benchmarks/speed_gpu.py --only jpmap --sizes 320x448 --variants bf16-cl-autotune-fused-mm --cudnn-benchmark
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
@@ -46,7 +46,7 @@ else
     MM_SIZES=(320x448 1024x1024)
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)
-    TESTS=(tests/restore/test_jpmap_speed.py tests/hvae/test_training_speed.py)
+    TESTS=(tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)  # JPMAP's compiled tests, the slowest, last
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
@@ -61,14 +61,15 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
 
 # 1-2. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 130 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
+step 110 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
     --variants "${PROFILED[@]}" --profile "$OUT/profile.txt"
-step 170 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${MM_SIZES[@]}" \
+step 160 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${MM_SIZES[@]}" \
     --variants "${MM[@]}"
 
 # 3. train.py as a user runs it, compiled with CUDA graphs (the tiny config: its compilation takes seconds, not
 #    the preset's 3 minutes); the last lines of its log say whether the steps ran and the loss stayed finite
-step 120 train.log "$PY" train.py fit --config configs/tiny.yaml "${TRAIN[@]}" --trainer.val_check_interval 20 \
+rm -rf /tmp/gpu_session_tiny
+step 110 train.log "$PY" train.py fit --config configs/tiny.yaml "${TRAIN[@]}" --trainer.val_check_interval 20 \
     --trainer.log_every_n_steps 5 --trainer.enable_progress_bar false --trainer.default_root_dir /tmp/gpu_session_tiny
 "$PY" - /tmp/gpu_session_tiny >> "$OUT/train.log" 2>&1 <<'PYEOF'
 import glob, sys
@@ -81,5 +82,5 @@ for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursiv
 PYEOF
 
 # 4. the fast paths' CUDA tests (skipped on a CPU)
-step 170 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider "${TESTS[@]}"
+step 200 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider "${TESTS[@]}"
 ls -la "$OUT"
