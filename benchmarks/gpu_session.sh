@@ -18,9 +18,8 @@
 #   python3 benchmarks/speed_gpu.py --only jpmap --sizes 320x448 --variants bf16-cl-autotune-fused-mm --cudnn-benchmark
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
-# From this machine (the device tool's run), carrying the test images, the kernels and the wheels the device's
-# python lacks (jsonargparse for train.py's CLI):
-#   mkdir -p .carry && cp -r ../shared/data/test/CBSD68 ../shared/data/kernels .carry/
+# From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
+# train.py's CLI):
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #   (this call needs no images: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
