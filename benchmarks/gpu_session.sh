@@ -75,7 +75,7 @@ import glob, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursive=True)):
     acc = EventAccumulator(path); acc.Reload()
-    for tag in [t for t in acc.Tags()["scalars"] if "loss" in t or "elbo" in t]:
+    for tag in [t for t in acc.Tags()["scalars"] if "loss" in t or "speed/" in t]:
         values = [e.value for e in acc.Scalars(tag)]
         print(f"# {tag}: {len(values)} values, first {values[0]:.4g}, last {values[-1]:.4g}")
 PYEOF

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .export import unreadable_checkpoint
-from .module import ExportPrior, HVAEModule, use_atomic_checkpoints
+from .module import ExportPrior, HVAEModule, TrainingSpeed, use_atomic_checkpoints
 
 
 def one_line(err: BaseException) -> str:
@@ -43,6 +43,8 @@ class HVAECLI(LightningCLI):
         name = self.config[self.subcommand].get("export_name", "prior.pt")
         if not any(isinstance(cb, ExportPrior) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(ExportPrior(name))
+        if not any(isinstance(cb, TrainingSpeed) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(TrainingSpeed())
         use_atomic_checkpoints(self.trainer)
 
 

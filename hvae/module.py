@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -284,6 +285,40 @@ class ExportPrior(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self._write(trainer, module)
+
+
+class TrainingSpeed(L.Callback):
+    """Logs the training pace every ``trainer.log_every_n_steps`` batches: ``speed/images_per_s`` (all ranks
+    together) and ``speed/ms_per_batch``, from the wall time of the window since the last logging point. No extra
+    host synchronisation: the step's skip decision synchronises once per step, so the clock is at most one step
+    off over a window. A window starts after a batch has ended, so neither the first batch (compilation, cuDNN's
+    autotuning) nor validation is in one."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._images = self._batches = 0
+
+    def on_train_start(self, trainer, module) -> None:
+        self._start = None
+
+    def on_validation_end(self, trainer, module) -> None:
+        self._start = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._start is not None:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            self._images += x.shape[0] * trainer.world_size  # DDP: every rank trains on a batch of this size
+            self._batches += 1
+            if self._batches < max(1, trainer.log_every_n_steps):
+                return
+            elapsed = now - self._start
+            if trainer.is_global_zero:
+                metrics = {"speed/images_per_s": self._images / elapsed,
+                           "speed/ms_per_batch": 1e3 * elapsed / self._batches}
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=trainer.global_step)
+        self._start, self._images, self._batches = now, 0, 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -54,6 +54,11 @@ def test_train_py_writes_logs_checkpoint_and_export(trained):
     assert {"train/bits_per_dim", "train/grad_norm", "train/skipped_total", "train/lr", "val/bits_per_dim",
             "kl/group_00"} <= tags
     assert {"val/input_vs_reconstruction", "samples/tau_0.80"} <= set(ea.Tags()["images"])
+    # the pace, every batch here (log_every_n_steps 1) but the first and the first after validation (after step 3)
+    pace = ea.Scalars("speed/images_per_s")
+    assert [e.step for e in pace] == [2, 3, 5, 6] and all(e.value > 0 for e in pace)
+    ms = [e.value for e in ea.Scalars("speed/ms_per_batch")]
+    assert all(abs(4 * 1e3 / m - e.value) < 1e-3 * e.value for m, e in zip(ms, pace))  # batch 4: the same pace
 
 
 def test_export_matches_checkpoint_ema(trained):
@@ -86,6 +91,11 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = torch.load(_version_dir(tmp_path) / "prior.pt", weights_only=True)["meta"]
     assert meta["global_step"] == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(_version_dir(tmp_path)), size_guidance={"scalars": 0})
+    ea.Reload()
+    pace, ms = ea.Scalars("speed/images_per_s"), ea.Scalars("speed/ms_per_batch")
+    assert pace and all(abs(p.value * m.value / 1e3 - 8) < 1e-3 for p, m in zip(pace, ms))  # 2 ranks x batch 4
 
 
 def test_bad_config_key_fails_with_a_message(tmp_path):
