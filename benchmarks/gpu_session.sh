@@ -6,10 +6,12 @@
 # matrix-product 1x1 convolutions, 512 and 2048, compiled 1024, training with CUDA graphs: 174 images/s, bf16's
 # floor). This fourth one, for the two targets left (6 ms at 320x448, 30% of bf16 peak at 1024x1024) and the
 # paths the third call's changes touch:
-#   1. where the compiled pass's time goes: torch.compile default mode (no CUDA graphs, so the profiler sees its
-#      kernels) with fused nets at 1024x1024, profiled (the family line now counts Inductor's triton kernels)
-#   2. compiled CUDA graphs with the 1x1 convolutions as matrix products (bf16-cl-cudagraphs-fused-mm) at 320x448
-#      and 1024x1024, against 10.7 and 43.6 ms without them (third call)
+#   1. where the time goes at 1024x1024, profiled: the eager fused pass with matrix-product 1x1 convolutions (its
+#      state increments now dense: no more strided adds, BENCHMARKS.md third call), and torch.compile default mode
+#      (no CUDA graphs, so the profiler sees its kernels; the family line now counts Inductor's triton kernels)
+#   2. restore.py --fast's pass (bf16-cl-fused-mm-graph: 19.9 and 101.7 ms in the third call, about 18 and 92
+#      predicted with dense increments) and compiled CUDA graphs with the matrix-product 1x1 convolutions
+#      (bf16-cl-cudagraphs-fused-mm; 10.7 and 43.6 ms without them), at 320x448 and 1024x1024
 #   3. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
 #      call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
 #   4. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies)
@@ -41,7 +43,8 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
 else
     SPEED=(--cudnn-benchmark)
-    PROFILED=(bf16-cl-compile-fused); PROFILE_SIZES=(1024x1024); MM=(bf16-cl-cudagraphs-fused-mm)
+    PROFILED=(bf16-cl-fused-mm bf16-cl-compile-fused); PROFILE_SIZES=(1024x1024)
+    MM=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm)
     MM_SIZES=(320x448 1024x1024)
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)

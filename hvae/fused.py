@@ -6,11 +6,15 @@ prior net act(state); both are bottleneck blocks (1x1 -> kxk -> kxk -> 1x1). Sta
 - first 1x1 conv on act([state, skip]): W1 = [[W1_q], [W1_p, 0]] (the prior's rows see no skip channels),
   2*mid outputs;
 - the two kxk convs as one grouped conv (groups=2): the posterior's mid channels, then the prior's;
-- last 1x1 conv, block-diagonal: outputs [posterior stats (2 zc) | prior stats (2 zc) | state increment].
+- last 1x1 conv, block-diagonal, as two: the statistics [posterior (2 zc) | prior (2 zc)], and the prior's state
+  increment (width channels) as a tensor of its own. Sliced out of one output, the increment would be a strided
+  view in channels_last, and CUDA's eager add of a strided operand to the state runs a non-vectorised kernel:
+  323 against about 54 us per add of 256 x 320 x 448 bf16 values on an H200 (the third call's profile of the
+  fused pass, BENCHMARKS.md), 12 such adds per iteration at full resolution.
 
-The numbers are the same up to the order of floating-point sums; the group runs 9 convolutions instead
-of 13 (4 instead of 8 for the two nets) and reads act(state) once, for about 7% more multiply-adds (the zero blocks of
-the two 1x1 convs). Nothing changes in training: the copy is for the z-step (:func:`restore.jpmap.network_for`
+The numbers are the same up to the order of floating-point sums; the group runs 10 convolutions instead
+of 13 (5 instead of 8 for the two nets) and reads act(state) once, for about 7% more multiply-adds (the zero blocks of
+the 1x1 convs). Nothing changes in training: the copy is for the z-step (:func:`restore.jpmap.network_for`
 with ``JPMAPConfig(fuse_nets=True)``); it shares no parameter with the model it came from.
 
 :func:`pointwise_as_matmul` is another inference change, for channels_last GPUs: each 1x1 convolution of a copy
@@ -43,7 +47,8 @@ class FusedNets(nn.Module):
         self.c1 = nn.Conv2d(in_q, 2 * mid, 1, device=dev, dtype=dt)
         self.c2 = nn.Conv2d(2 * mid, 2 * mid, kernel, padding=kernel // 2, groups=2, device=dev, dtype=dt)
         self.c3 = nn.Conv2d(2 * mid, 2 * mid, kernel, padding=kernel // 2, groups=2, device=dev, dtype=dt)
-        self.c4 = nn.Conv2d(2 * mid, 2 * zc + out_p, 1, device=dev, dtype=dt)
+        self.c4 = nn.Conv2d(2 * mid, 4 * zc, 1, device=dev, dtype=dt)  # posterior then prior statistics
+        self.c4_increment = nn.Conv2d(2 * mid, out_p - 2 * zc, 1, device=dev, dtype=dt)  # the prior's state increment
         with torch.no_grad():
             self.c1.weight.zero_()
             self.c1.weight[:mid] = posterior.c1.weight
@@ -54,22 +59,30 @@ class FusedNets(nn.Module):
                 fused.bias.copy_(torch.cat([q.bias, p.bias]))
             self.c4.weight.zero_()
             self.c4.weight[: 2 * zc, :mid] = posterior.c4.weight
-            self.c4.weight[2 * zc:, mid:] = prior.c4.weight
-            self.c4.bias.copy_(torch.cat([posterior.c4.bias, prior.c4.bias]))
+            self.c4.weight[2 * zc:, mid:] = prior.c4.weight[: 2 * zc]
+            self.c4.bias.copy_(torch.cat([posterior.c4.bias, prior.c4.bias[: 2 * zc]]))
+            self.c4_increment.weight.zero_()
+            self.c4_increment.weight[:, mid:] = prior.c4.weight[2 * zc:]
+            self.c4_increment.bias.copy_(prior.c4.bias[2 * zc:])
 
-    def forward(self, state: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
-        """(posterior net output [N, 2 zc, h, w], prior net output [N, 2 zc + width, h, w])."""
+    def forward(self, state: Tensor, skip: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(posterior net output [N, 2 zc, h, w], prior statistics [N, 2 zc, h, w], state increment
+        [N, width, h, w]), as :meth:`hvae.model.DecoderGroup.nets`."""
         h = self.c1(self.act(torch.cat([state, skip], 1)))
-        h = self.c4(self.act(self.c3(self.act(self.c2(self.act(h))))))
-        return h[:, : 2 * self.zc], h[:, 2 * self.zc:]
+        h = self.act(self.c3(self.act(self.c2(self.act(h)))))
+        stats = self.c4(h)
+        return stats[:, : 2 * self.zc], stats[:, 2 * self.zc:], self.c4_increment(h)
 
-    def prior_only(self, state: Tensor) -> Tensor:
-        """The prior net alone (no encoded image: sampling, decoding given latents), from the fused weights."""
+    def prior_only(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior net alone (no encoded image: sampling, decoding given latents), from the fused weights:
+        (statistics [N, 2 zc, h, w], state increment [N, width, h, w])."""
         m, w = self.mid, self.width
         h = F.conv2d(self.act(state), self.c1.weight[m:, :w], self.c1.bias[m:])
         for c in (self.c2, self.c3):
             h = F.conv2d(self.act(h), c.weight[m:], c.bias[m:], padding=c.padding)
-        return F.conv2d(self.act(h), self.c4.weight[2 * self.zc:, m:], self.c4.bias[2 * self.zc:])
+        h = self.act(h)
+        return (F.conv2d(h, self.c4.weight[2 * self.zc:, m:], self.c4.bias[2 * self.zc:]),
+                F.conv2d(h, self.c4_increment.weight[:, m:], self.c4_increment.bias))
 
 
 class FusedDecoderGroup(DecoderGroup):
@@ -85,8 +98,8 @@ class FusedDecoderGroup(DecoderGroup):
         self.fused = FusedNets(group.posterior_net, group.prior_net, width, group.zc)
         self.z_proj, self.resnet = group.z_proj, group.resnet
 
-    def nets(self, state: Tensor, act: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        return (None, self.fused.prior_only(state)) if act is None else self.fused(state, act)
+    def nets(self, state: Tensor, act: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor]:
+        return (None, *self.fused.prior_only(state)) if act is None else self.fused(state, act)
 
 
 def fuse_nets(model: HierarchicalVAE) -> HierarchicalVAE:

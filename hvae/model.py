@@ -84,22 +84,26 @@ class DecoderGroup(nn.Module):
         mean, log_std = h.float().chunk(2, dim=1)  # fp32 statistics even under bf16 autocast
         return DiagonalGaussian(mean, log_std.clamp(min=self.min_log_std))
 
-    def nets(self, state: Tensor, act: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        """Posterior net output [N, 2 zc, h, w] (None without an encoded image) and prior net output
-        [N, 2 zc + width, h, w] (None for the N(0, I) top group). hvae.fused computes both as one net."""
+    def nets(self, state: Tensor, act: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """The posterior net's output [N, 2 zc, h, w] (None without an encoded image), then the prior net's
+        statistics [N, 2 zc, h, w] and state increment [N, width, h, w] (both None for the N(0, I) top group).
+        hvae.fused computes all three as one net."""
         h_q = self.posterior_net(torch.cat([state, act], 1)) if act is not None else None
-        return h_q, None if self.prior_net is None else self.prior_net(state)
+        if self.prior_net is None:
+            return h_q, None, None
+        h_p = self.prior_net(state)
+        return h_q, h_p[:, : 2 * self.zc], h_p[:, 2 * self.zc:]
 
     def forward(self, state: Tensor, act: Tensor | None, rule: LatentRule, index: int):
-        h_q, h_p = self.nets(state, act)
+        h_q, prior_stats, increment = self.nets(state, act)
         posterior = None if h_q is None else self._gaussian(h_q)
-        if h_p is None:
+        if prior_stats is None:
             shape = (state.shape[0], self.zc, *state.shape[2:])
             zeros = state.new_zeros(shape, dtype=torch.float32)  # fp32 statistics, as _gaussian gives
             prior = DiagonalGaussian(zeros, zeros)
         else:
-            prior = self._gaussian(h_p[:, : 2 * self.zc])
-            state = state + h_p[:, 2 * self.zc:]
+            prior = self._gaussian(prior_stats)
+            state = state + increment
         z = rule(index, posterior, prior)
         state = self.resnet(state + self.z_proj(z))
         return state, z, posterior, prior
