@@ -90,6 +90,12 @@ class SpeedConfig:
             raise ConfigError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
 
 
+def images_of(batch) -> Tensor:
+    """The images [N, C, H, W] of a training or validation batch: the batch itself, or its first item (a data
+    set of (image, label) pairs)."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
 class HVAEModule(L.LightningModule):
     """Trains :class:`HierarchicalVAE` on the negative ELBO; validates, samples and exports the EMA weights."""
 
@@ -161,7 +167,7 @@ class HVAEModule(L.LightningModule):
         return self._train_elbo(x)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = images_of(batch)
         opt, sched = self.optimizers(), self.lr_schedulers()
         out = self._elbo(x)
         opt.zero_grad(set_to_none=True)
@@ -210,7 +216,7 @@ class HVAEModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = images_of(batch)
         gen = torch.Generator(device=x.device).manual_seed(self.seed + batch_idx)
         out = self.ema.elbo(x, generator=gen)
         bs = x.shape[0]
@@ -307,8 +313,8 @@ class TrainingSpeed(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._start is not None:
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            self._images += x.shape[0] * trainer.world_size  # DDP: every rank trains on a batch of this size
+            # DDP: every rank trains on a batch of this size
+            self._images += images_of(batch).shape[0] * trainer.world_size
             self._batches += 1
             if self._batches < max(1, trainer.log_every_n_steps):
                 return

@@ -51,12 +51,11 @@ def test_zero_warm_up_is_refused_in_one_line(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_family_summary_counts_operators_and_inductor_kernels_once():
+def test_family_summary_counts_operators_and_inductor_kernels_once(load_benchmark):
     """The profile's family line: aten operators by family, torch.compile's triton kernels as their own family
     (they run under no operator), CUDA kernels under an operator not counted twice; a graph replay says so."""
     from types import SimpleNamespace
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed_gpu
+    speed_gpu = load_benchmark("speed_gpu")
 
     def event(key, us):
         return SimpleNamespace(key=key, self_device_time_total=us, self_cpu_time_total=0.0)
@@ -71,10 +70,9 @@ def test_family_summary_counts_operators_and_inductor_kernels_once():
     assert "none attributed" in speed_gpu.family_summary([event("sm90_xmma_fprop", 5.0)], device_time=True)
 
 
-def test_gpu_default_variants_exist():
+def test_gpu_default_variants_exist(load_benchmark):
     """The rows a plain run on a GPU measures are real variants (a misspelt one would fail only there)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import speed_gpu
+    speed_gpu = load_benchmark("speed_gpu")
     assert set(speed_gpu.GPU_JPMAP) <= set(speed_gpu.VARIANTS)
     assert set(speed_gpu.GPU_TRAIN) <= set(speed_gpu.TRAIN_VARIANTS)
     fast = speed_gpu.VARIANTS["bf16-cl-fused-mm-graph"]  # restore.py --fast on CUDA
