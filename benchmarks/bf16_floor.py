@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, build_settings, load_images, machine_line, observation, psnr  # noqa: E402
-from data.images import DataError  # noqa: E402
+from data.images import DataError, atomic_write_bytes  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap, make_decoder_step  # noqa: E402
 from restore.operators import OperatorError  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  else str(row[c]) for c in columns]
         print("| " + " | ".join(cells) + " |", flush=True)
         if args.json:  # rewritten after every image, atomically: an interrupted run keeps the rows it has
-            tmp = args.json.with_name(args.json.name + ".tmp")
-            tmp.write_text(json.dumps(rows, indent=1))
-            tmp.replace(args.json)
+            atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
     means = {c: statistics.mean(r[c] for r in rows) for c in columns if c not in ("image", "size", "warm", "iters")}
     print("# mean: " + ", ".join(f"{c} {v:.4g}" for c, v in means.items()), flush=True)
     return rows

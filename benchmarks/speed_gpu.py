@@ -31,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from data.images import atomic_write_bytes  # noqa: E402
 from hvae.config import HVAEConfig  # noqa: E402
 from hvae.cost import parameter_count, training_step_flops, zstep_flops, zstep_op_counts  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
@@ -395,10 +396,8 @@ def main() -> None:
         rows.append(row)
         _print_row(row, columns)
         if out is not None:  # after every row, so that a run stopped at its time limit keeps what it measured
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")  # then a rename: a run killed mid-write leaves the old file whole
-            tmp.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
-            tmp.replace(out)
+            # a temporary file, then a rename: a run killed mid-write leaves the old file whole
+            atomic_write_bytes(out, json.dumps({"settings": meta, "rows": rows}, indent=1).encode())
 
     if args.only != "train":
         _header(JPMAP_COLUMNS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from data.images import DEFAULT_MAX_PIXELS, DataError, read_image_with_info, write_image
+from data.images import DEFAULT_MAX_PIXELS, DataError, atomic_write_bytes, read_image_with_info, write_image
 from hvae.export import PriorError, load_prior
 
 from .baselines import AdamConfig, adam_joint, tikhonov
@@ -276,9 +276,7 @@ def solver_config(args: argparse.Namespace):
 
 
 def _write_metrics(out: Path, metrics: dict) -> None:
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=str))
-    tmp.replace(out / "metrics.json")
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2, default=str).encode())
 
 
 def _settings(args: argparse.Namespace, cfg) -> dict:
