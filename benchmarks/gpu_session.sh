@@ -1,51 +1,61 @@
 #!/usr/bin/env bash
-# One call on a lent GPU for the speed figures issue 7 still lacks, each step under its own time limit so that
-# the whole fits in one device command (the machine's start-up comes on top). Earlier calls (H200, 2026-11-27;
+# Device calls on a lent GPU for the speed figures issue 7 still lacks, each step under its own time limit so that a
+# part fits in one device command (the machine's start-up comes on top). Earlier calls (H200, 2026-11-27;
 # BENCHMARKS.md "Speed") ran earlier versions of this script: commit e18e4ef (quality protocol, first rows),
 # 3f7cedf (eager, eager-graph and compiled rows, profiles, CUDA tests), 957fc1e (restore.py fp32 against --fast,
 # matrix-product 1x1 convolutions, 512 and 2048, compiled 1024, training with CUDA graphs: 174 images/s, bf16's
-# floor). This fourth one, for the two targets left (6 ms at 320x448, 30% of bf16 peak at 1024x1024) and the
-# paths the third call's changes touch:
-#   1. where the time goes at 1024x1024, profiled: the eager fused pass with matrix-product 1x1 convolutions (its
-#      state increments now dense: no more strided adds, BENCHMARKS.md third call), and torch.compile default mode
-#      (no CUDA graphs, so the profiler sees its kernels; the family line now counts Inductor's triton kernels)
-#   2. restore.py --fast's pass (bf16-cl-fused-mm-graph: 19.9 and 101.7 ms in the third call, about 18 and 92
-#      predicted with dense increments) and compiled CUDA graphs with the matrix-product 1x1 convolutions
-#      (bf16-cl-cudagraphs-fused-mm; 10.7 and 43.6 ms without them), at 320x448 and 1024x1024
-#   3. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
-#      call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
-#   4. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies)
-# About 9.5 minutes at most (limits 110 + 160 + 110 + 200 s). Then, if the session has about 5 minutes of device
-# time left, on the warm machine (autotuning takes minutes per shape):
-#   python3 benchmarks/speed_gpu.py --only jpmap --sizes 320x448 --variants bf16-cl-autotune-fused-mm --cudnn-benchmark
+# floor). This one is for the two targets left (6 ms at 320x448, 30% of bf16 peak at 1024x1024) and what the third
+# call's changes touch, in two parts: the speed part first (the targets), the checks in the time left or the next
+# session (a session has 15 minutes of device time, start-up included):
+#
+#   bash benchmarks/gpu_session.sh speed    # about 9 minutes at most (limits 170 + 290 + 90 s)
+#     1. restore.py --fast's pass (bf16-cl-fused-mm-graph; 19.9 and 101.7 ms in the third call, about 18 and 92
+#        predicted now that the state increments are dense) and compiled CUDA graphs with the matrix-product 1x1
+#        convolutions (bf16-cl-cudagraphs-fused-mm; 10.7 and 43.6 ms without them), at 320x448 and 1024x1024
+#     2. the same compiled graphs with the matrix products autotuned among cuBLAS and Triton templates that take
+#        SiLU, bias and residual adds into the product (bf16-cl-cudagraphs-fused-mm-gemmtune), at 320x448: the
+#        elementwise traffic between convolutions is what both targets need cut (BENCHMARKS.md)
+#     3. where the compiled pass's time goes at 320x448, profiled: torch.compile default mode (no CUDA graphs, so
+#        the profiler sees Inductor's kernels) with the matrix products
+#   bash benchmarks/gpu_session.sh checks   # about 5 minutes at most (limits 110 + 200 s)
+#     4. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
+#        call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
+#     5. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products)
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
 # From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
 # train.py's CLI):
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   (this call needs no images: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
-# Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt, train.log,
-# cuda_tests.log.
-# A step that fails or runs out of time leaves its log and the next step runs.
-# Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones): GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh
+#   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
+#   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=330)
+#   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
+# Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
+# gpu.txt, train.log, cuda_tests.log (checks). A step that fails or runs out of time leaves its log and the next
+# step runs.
+# Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones):
+#   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh speed; GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh checks
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PART=${1:-}
+if [ "$PART" != speed ] && [ "$PART" != checks ]; then
+    echo "usage: bash benchmarks/gpu_session.sh speed|checks (see the header)" >&2; exit 2
+fi
 OUT=${OUT:-out/gpu_session}
 mkdir -p "$OUT"
 export HF_DATASETS_OFFLINE=1
 source benchmarks/device_python.sh  # PY, PYTHONPATH (and the carried wheels)
 if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing, not the GPU
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1)
-    PROFILED=(bf16-cl-fused); PROFILE_SIZES=(64x64); MM=(bf16-cl-fused-mm); MM_SIZES=(64x64 64x128)
+    FAST=(bf16-cl-fused-mm); FAST_SIZES=(64x64 64x128); TUNED=(bf16-cl-fused); TUNED_SIZES=(64x64)
+    PROFILED=(bf16-cl-fused); PROFILE_SIZES=(64x64)
     TRAIN=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
 else
     SPEED=(--cudnn-benchmark)
-    PROFILED=(bf16-cl-fused-mm bf16-cl-compile-fused); PROFILE_SIZES=(1024x1024)
-    MM=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm)
-    MM_SIZES=(320x448 1024x1024)
+    FAST=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); FAST_SIZES=(320x448 1024x1024)
+    TUNED=(bf16-cl-cudagraphs-fused-mm-gemmtune); TUNED_SIZES=(320x448)
+    PROFILED=(bf16-cl-compile-fused-mm); PROFILE_SIZES=(320x448)
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)
     TESTS=(tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)  # JPMAP's compiled tests, the slowest, last
@@ -61,14 +71,20 @@ step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, 
     echo "# exit $? after $((SECONDS - t0)) s (limit $limit s): $*" >> "$OUT/$log"
 }
 
-# 1-2. speed, alone on the GPU; one JSON, rewritten after every row
+if [ "$PART" = speed ]; then
+# 1-3. speed, alone on the GPU; one JSON, rewritten after every row
 J=(--json "$OUT/speed.json")
-step 110 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
+step 170 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${FAST_SIZES[@]}" \
+    --variants "${FAST[@]}"
+step 290 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${TUNED_SIZES[@]}" \
+    --variants "${TUNED[@]}"
+step 90 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
     --variants "${PROFILED[@]}" --profile "$OUT/profile.txt"
-step 160 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${MM_SIZES[@]}" \
-    --variants "${MM[@]}"
+ls -la "$OUT"
+exit 0
+fi
 
-# 3. train.py as a user runs it, compiled with CUDA graphs (the tiny config: its compilation takes seconds, not
+# 4. train.py as a user runs it, compiled with CUDA graphs (the tiny config: its compilation takes seconds, not
 #    the preset's 3 minutes); the last lines of its log say whether the steps ran and the loss stayed finite
 rm -rf /tmp/gpu_session_tiny
 step 110 train.log "$PY" train.py fit --config configs/tiny.yaml "${TRAIN[@]}" --trainer.val_check_interval 20 \
@@ -83,6 +99,6 @@ for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursiv
         print(f"# {tag}: {len(values)} values, first {values[0]:.4g}, last {values[-1]:.4g}")
 PYEOF
 
-# 4. the fast paths' CUDA tests (skipped on a CPU)
+# 5. the fast paths' CUDA tests (skipped on a CPU)
 step 200 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider "${TESTS[@]}"
 ls -la "$OUT"

@@ -5,7 +5,8 @@
     python benchmarks/speed_gpu.py --variants bf16-cl-compile --sizes 1024x1024 --json out/speed.json
 
 JPMAP rows: milliseconds per iteration (z-step = encoder + tempered top-down pass + G(z), then the exact
-FFT x-step of a Gaussian deblurring problem), after warm-up iterations (which include any compilation),
+FFT x-step of a Gaussian deblurring problem) of one image, or of ``--jpmap-batch`` images in one call (then also
+per image), after warm-up iterations (which include any compilation, each compiled row its own),
 timed over ``--iters`` iterations with no host synchronisation inside (tol 0, one check at the end) and
 torch.cuda.synchronize around; peak memory (torch.cuda.max_memory_allocated); FLOPs per iteration counted
 by FlopCounterMode on the meta device (2 per multiply-add; the x-step's FFTs are not counted; the model's
@@ -19,6 +20,7 @@ A row that runs out of memory says OOM instead of stopping the script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -56,6 +58,17 @@ class Variant:
     fuse_nets: bool = False  # JPMAP: each decoder group's prior and posterior nets as one net (hvae.fused)
     cuda_graph: bool = False  # JPMAP: the eager pass replayed from a CUDA graph (no compilation)
     pointwise_matmul: bool = False  # JPMAP: 1x1 convolutions as matrix products with the bias in the epilogue
+    inductor: tuple[tuple[str, object], ...] = ()  # JPMAP: torch._inductor.config settings while it compiles
+
+    def inductor_settings(self):
+        """A context that applies ``inductor`` (nothing when empty); an option this torch lacks fails the row."""
+        if not self.inductor:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+        missing = [k for k, _ in self.inductor if not hasattr(inductor_config, k)]
+        if missing:
+            raise RuntimeError(f"torch {torch.__version__} has no inductor option {', '.join(missing)}")
+        return inductor_config.patch(dict(self.inductor))
 
     def jpmap_config(self, iters: int) -> JPMAPConfig:
         return JPMAPConfig(gamma=10 / 255, tau=0.8, max_iters=iters, tol=0.0, check_every=iters,
@@ -65,6 +78,8 @@ class Variant:
                            cuda_graph=self.cuda_graph, pointwise_matmul=self.pointwise_matmul)
 
 
+GEMM_TUNE = (("max_autotune_gemm", True), ("max_autotune_gemm_backends", "ATEN,TRITON"),
+             ("epilogue_fusion", True), ("prologue_fusion", True))
 VARIANTS = {v.name: v for v in [
     Variant("fp32", False, False, None),
     Variant("fp32-fused", False, False, None, fuse_nets=True),
@@ -90,6 +105,16 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16-cl-cudagraphs-fused", True, True, "reduce-overhead", fuse_nets=True),
     Variant("bf16-cl-cudagraphs-fused-bf16state", True, True, "reduce-overhead", bf16_state=True, fuse_nets=True),
     Variant("bf16-cl-cudagraphs-fused-mm", True, True, "reduce-overhead", fuse_nets=True, pointwise_matmul=True),
+    # the matrix products (1x1 convolutions, pointwise_matmul) autotuned among cuBLAS and Inductor's Triton templates,
+    # which take the SiLU before (prologue) and the bias, SiLU and residual adds after (epilogue) into the product;
+    # the 3x3 convolutions stay cuDNN's (max-autotune would time Triton templates for them too: longer, rarely faster)
+    Variant("bf16-cl-compile-fused-mm-gemmtune", True, True, "default", fuse_nets=True, pointwise_matmul=True,
+            inductor=GEMM_TUNE),
+    Variant("bf16-cl-cudagraphs-fused-mm-gemmtune", True, True, "reduce-overhead", fuse_nets=True,
+            pointwise_matmul=True, inductor=GEMM_TUNE),
+    # weights as constants of the compiled graph (inference only): constant folding, layouts chosen at compile time
+    Variant("bf16-cl-cudagraphs-fused-mm-freeze", True, True, "reduce-overhead", fuse_nets=True,
+            pointwise_matmul=True, inductor=(("freezing", True),)),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
     # max-autotune's Triton GEMM templates can take bias, SiLU and the residual add into a matrix product's epilogue,
     # which the 1x1 convolutions as matrix products (pointwise_matmul) expose; minutes of autotuning per shape
@@ -98,7 +123,8 @@ VARIANTS = {v.name: v for v in [
 ]}
 # training has no per-call casts, bf16 stream, fused nets or eager graphs (JPMAP's inference options)
 TRAIN_VARIANTS = [v.name for v in VARIANTS.values()
-                  if v.cast_weights and not (v.bf16_state or v.fuse_nets or v.cuda_graph or v.pointwise_matmul)]
+                  if v.cast_weights and not (v.bf16_state or v.fuse_nets or v.cuda_graph or v.pointwise_matmul
+                                             or v.inductor)]
 # on a GPU, what users run: fp32 (the default), restore.py --fast (eager, CUDA graph replay, matrix-product 1x1
 # convolutions), --fast --compile reduce-overhead; training in fp32 and with the README's flags (bf16-mixed,
 # channels_last, compiled with CUDA graphs). The H200's figures: BENCHMARKS.md, "NVIDIA H200, third call"
@@ -137,7 +163,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 JPMAP_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ms/iter", "ms_per_iter", ",.1f"),
                  ("warm-up s", "warmup_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
                  ("GFLOP/iter", "gflop_per_iter", ",.0f"), ("TFLOP/s", "tflops", ".3g"),
-                 ("% of bf16 peak", "peak_pct", ".1f")]
+                 ("% of bf16 peak", "peak_pct", ".1f"), ("ms/image/iter", "ms_per_image_iter", ",.2f")]
 TRAIN_COLUMNS = [("training batch", "size", "s"), ("variant", "variant", "s"), ("core ms/step", "core_ms", ",.1f"),
                  ("core images/s", "core_images_per_s", ".1f"), ("full ms/step", "full_ms", ",.1f"),
                  ("full images/s", "full_images_per_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
@@ -222,33 +248,41 @@ def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str
 
 
 def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters: int, warmup: int,
-              device: torch.device, peak_tflops: float | None, profile: Path | None = None) -> dict:
-    """Times JPMAP iterations of ``variant`` on one random 3 x height x width observation."""
-    row = {"kind": "jpmap", "size": f"{height}x{width}", "variant": variant.name}
-    flops = zstep_flops(arch, height + (-height) % arch.multiple, width + (-width) % arch.multiple)
+              device: torch.device, peak_tflops: float | None, profile: Path | None = None, batch: int = 1) -> dict:
+    """Times JPMAP iterations of ``variant`` on ``batch`` random 3 x height x width observations (one call)."""
+    size = f"{height}x{width}" if batch == 1 else f"{batch}x{height}x{width}"
+    row = {"kind": "jpmap", "size": size, "variant": variant.name}
+    flops = batch * zstep_flops(arch, height + (-height) % arch.multiple, width + (-width) % arch.multiple)
     row["gflop_per_iter"] = flops / 1e9
     prior = None
     try:
+        if variant.compile_mode is not None:
+            # a fresh compilation, under this row's settings: guards on another row's prior of the same
+            # architecture could pass and reuse a graph compiled with other inductor settings
+            torch._dynamo.reset()
         torch.manual_seed(0)
         prior = HierarchicalVAE(arch).to(device).eval()
         op = Blur(gaussian_kernel(1.6), 7.65 / 255).to(device)
-        y = torch.rand(1, arch.image_channels, height, width, device=device)
+        y = torch.rand(batch, arch.image_channels, height, width, device=device)
         _reset_peak(device)
-        start = time.perf_counter()
-        jpmap(y, op, prior, variant.jpmap_config(warmup))  # warm-up, compilation included
-        _sync(device)
-        row["warmup_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result = jpmap(y, op, prior, variant.jpmap_config(iters))
-        _sync(device)
+        with variant.inductor_settings():  # compilation happens in the warm-up, under these settings
+            start = time.perf_counter()
+            jpmap(y, op, prior, variant.jpmap_config(warmup))  # warm-up, compilation included
+            _sync(device)
+            row["warmup_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            result = jpmap(y, op, prior, variant.jpmap_config(iters))
+            _sync(device)
         seconds = (time.perf_counter() - start) / iters
         if result.iterations != iters:
             raise RuntimeError(f"ran {result.iterations} iterations instead of {iters}")
         row.update(ms_per_iter=seconds * 1e3, peak_gib=_peak_gib(device), tflops=flops / seconds / 1e12)
+        if batch > 1:
+            row["ms_per_image_iter"] = row["ms_per_iter"] / batch
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
         if profile is not None:  # after the timing, so that it does not disturb it
-            title = f"JPMAP {height}x{width} {variant.name}: 2 iterations"
-            with profile.open("a") as f:
+            title = f"JPMAP {size} {variant.name}: 2 iterations"
+            with profile.open("a") as f, variant.inductor_settings():
                 f.write(profile_tables(lambda: jpmap(y, op, prior, variant.jpmap_config(2)), device, title))
     except Exception as err:  # noqa: BLE001 - one failing row (OOM, a compiler error) must not end the table
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -337,6 +371,9 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=10, help="timed JPMAP iterations (and training steps)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations/steps (default 3 GPU, 1 CPU)")
     p.add_argument("--train-batch", type=int, default=None, help="default 16 (GPU), 1 (CPU)")
+    p.add_argument("--jpmap-batch", type=int, default=1,
+                   help="JPMAP rows restore this many images of each size in one call (tiles batched, a data set "
+                        "swept): ms per iteration of the batch, and per image")
     p.add_argument("--train-size", type=int, default=None, help="default 128 (GPU), 64 (CPU)")
     p.add_argument("--only", choices=["jpmap", "train"], default=None, help="only the JPMAP or the training rows")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -350,6 +387,8 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the settings and rows to this JSON file, after every "
                    "row; rows already in it are kept (several runs with their own time limits share one file)")
     args = p.parse_args()
+    if args.jpmap_batch < 1:
+        p.error("--jpmap-batch must be at least 1")
     if args.iters < 1 or (args.warmup is not None and args.warmup < 1):
         p.error("--iters and --warmup must be at least 1 (the warm-up holds the compilation and CUDA graph capture)")
     wrong = [v for v in args.train_variants or [] if v not in TRAIN_VARIANTS]
@@ -404,8 +443,8 @@ def main() -> None:
         for size in args.sizes:
             h, w = _size(size)
             for v in variants:
-                record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak, args.profile),
-                       JPMAP_COLUMNS)
+                record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak, args.profile,
+                                 args.jpmap_batch), JPMAP_COLUMNS)
     if args.only != "jpmap":
         _header(TRAIN_COLUMNS)
         for v in train_variants:

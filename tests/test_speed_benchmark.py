@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,3 +79,34 @@ def test_gpu_default_variants_exist(load_benchmark):
     assert set(speed_gpu.GPU_TRAIN) <= set(speed_gpu.TRAIN_VARIANTS)
     fast = speed_gpu.VARIANTS["bf16-cl-fused-mm-graph"]  # restore.py --fast on CUDA
     assert fast.bf16 and fast.channels_last and fast.fuse_nets and fast.cuda_graph and fast.pointwise_matmul
+
+
+def test_batched_jpmap_rows_report_per_image_time(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _speed(tmp_path, "--only", "jpmap", "--variants", "fp32", "--jpmap-batch", "2", "--iters", "1",
+                  "--warmup", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["size"] == "2x32x32" and "error" not in row
+    assert row["ms_per_image_iter"] == row["ms_per_iter"] / 2
+    single = _speed(tmp_path, "--only", "jpmap", "--variants", "fp32", "--iters", "1", "--warmup", "1",
+                    "--json", str(tmp_path / "one.json"))
+    (one,) = json.loads((tmp_path / "one.json").read_text())["rows"]
+    assert single.returncode == 0 and one["gflop_per_iter"] * 2 == row["gflop_per_iter"]
+    assert _speed(tmp_path, "--jpmap-batch", "0").returncode == 2
+
+
+def test_inductor_settings_of_a_variant(load_benchmark):
+    """A variant's inductor settings apply while it compiles and are undone after; an option this torch lacks fails
+    the row with its name (the device's torch is older than this machine's)."""
+    import torch._inductor.config as inductor_config
+    speed_gpu = load_benchmark("speed_gpu")
+    tuned = speed_gpu.VARIANTS["bf16-cl-cudagraphs-fused-mm-gemmtune"]
+    assert tuned.pointwise_matmul and tuned.compile_mode == "reduce-overhead" and "gemmtune" not in speed_gpu.TRAIN_VARIANTS
+    before = inductor_config.max_autotune_gemm
+    with tuned.inductor_settings():
+        assert inductor_config.max_autotune_gemm is True and inductor_config.max_autotune_gemm_backends == "ATEN,TRITON"
+    assert inductor_config.max_autotune_gemm == before
+    bad = speed_gpu.Variant("x", True, True, "default", inductor=(("no_such_option", 1),))
+    with pytest.raises(RuntimeError, match="no inductor option no_such_option"):
+        bad.inductor_settings()
