@@ -11,7 +11,11 @@ timed over ``--iters`` iterations with no host synchronisation inside (tol 0, on
 torch.cuda.synchronize around; peak memory (torch.cuda.max_memory_allocated); FLOPs per iteration counted
 by FlopCounterMode on the meta device (2 per multiply-add; the x-step's FFTs are not counted; the model's
 FLOPs for every variant, so the fused nets' multiplications by zero blocks are not counted), the achieved
-TFLOP/s and its fraction of the bf16 dense peak (``--peak-tflops``; 989 for H100/H200 SXM by default).
+TFLOP/s and its fraction of the bf16 dense peak (``--peak-tflops``; 989 for H100/H200 SXM by default), and
+"conv traffic ms": the time the convolutions' own memory traffic takes at the device's bandwidth (``--bandwidth``;
+3.35 and 4.8 TB/s for H100 and H200 SXM), each convolution's input read and output written once, 2 bytes per
+element in bf16 and 4 in fp32 (hvae.cost.zstep_op_counts): a floor for any pass that keeps these convolutions,
+however its element-wise work is fused.
 Training rows: images/s at batch 16 of 128x128 (CPU default: batch 1 of 64x64), "core" = ELBO forward,
 backward and Adamax step; "full" adds the gradient norm (with its host synchronisation) and the EMA update.
 A row that runs out of memory says OOM instead of stopping the script.
@@ -43,6 +47,7 @@ from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.operators import Blur, gaussian_kernel  # noqa: E402
 
 DEFAULT_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak, SXM parts
+DEFAULT_BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}  # HBM bandwidth, SXM parts (TB/s)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 JPMAP_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ms/iter", "ms_per_iter", ",.1f"),
                  ("warm-up s", "warmup_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
                  ("GFLOP/iter", "gflop_per_iter", ",.0f"), ("TFLOP/s", "tflops", ".3g"),
-                 ("% of bf16 peak", "peak_pct", ".1f"), ("ms/image/iter", "ms_per_image_iter", ",.2f")]
+                 ("% of bf16 peak", "peak_pct", ".1f"), ("ms/image/iter", "ms_per_image_iter", ",.2f"),
+                 ("conv traffic ms", "conv_traffic_ms", ".2f")]
 TRAIN_COLUMNS = [("training batch", "size", "s"), ("variant", "variant", "s"), ("core ms/step", "core_ms", ",.1f"),
                  ("core images/s", "core_images_per_s", ".1f"), ("full ms/step", "full_ms", ",.1f"),
                  ("full images/s", "full_images_per_s", ".1f"), ("peak GiB", "peak_gib", ".2f"),
@@ -248,12 +254,17 @@ def profile_tables(run, device: torch.device, title: str, rows: int = 25) -> str
 
 
 def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters: int, warmup: int,
-              device: torch.device, peak_tflops: float | None, profile: Path | None = None, batch: int = 1) -> dict:
+              device: torch.device, peak_tflops: float | None, profile: Path | None = None, batch: int = 1,
+              bandwidth_tbs: float | None = None) -> dict:
     """Times JPMAP iterations of ``variant`` on ``batch`` random 3 x height x width observations (one call)."""
     size = f"{height}x{width}" if batch == 1 else f"{batch}x{height}x{width}"
     row = {"kind": "jpmap", "size": size, "variant": variant.name}
-    flops = batch * zstep_flops(arch, height + (-height) % arch.multiple, width + (-width) % arch.multiple)
+    padded = (height + (-height) % arch.multiple, width + (-width) % arch.multiple)
+    flops = batch * zstep_flops(arch, *padded)
     row["gflop_per_iter"] = flops / 1e9
+    if bandwidth_tbs:
+        conv_elements = batch * zstep_op_counts(arch, *padded, fused=variant.fuse_nets)["conv_elements"]
+        row["conv_traffic_ms"] = conv_elements * (2 if variant.bf16 else 4) / (bandwidth_tbs * 1e12) * 1e3
     prior = None
     try:
         if variant.compile_mode is not None:
@@ -378,6 +389,9 @@ def main() -> None:
     p.add_argument("--only", choices=["jpmap", "train"], default=None, help="only the JPMAP or the training rows")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device (default 989 for H100/H200, none otherwise)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="memory bandwidth of the device in TB/s, for the conv traffic column (default 3.35 for "
+                        "H100, 4.8 for H200, none otherwise)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms for each new shape)")
@@ -408,6 +422,9 @@ def main() -> None:
     peak = args.peak_tflops
     if peak is None and gpu:
         peak = next((v for k, v in DEFAULT_PEAK_TFLOPS.items() if k in name), None)
+    bandwidth = args.bandwidth
+    if bandwidth is None and gpu:
+        bandwidth = next((v for k, v in DEFAULT_BANDWIDTH_TBS.items() if k in name), None)
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     variants = args.variants or (GPU_JPMAP if gpu else CPU_DEFAULT)
     train_variants = args.train_variants or (GPU_TRAIN if gpu else CPU_DEFAULT)
@@ -423,9 +440,11 @@ def main() -> None:
           f"bf16 peak {_fmt(peak, 0)} TFLOP/s; {warmup} warm-up + {args.iters} timed iterations")
     print("# z-step operators (eager, fp32, tau 0.8): " + "; ".join(
         f"{kind} {c['convolutions']} convolutions, {c['operators']} aten operators, "
-        f"{c['flops'] / 4096 / 1e6:.2f} MFLOP/px executed" for kind, c in ops.items()))
+        f"{c['flops'] / 4096 / 1e6:.2f} MFLOP/px executed, convolutions read and write {c['conv_elements'] / 4096:,.0f} "
+        f"values/px, other operators write {c['elementwise_elements'] / 4096:,.0f}" for kind, c in ops.items()))
     meta = {"device": name, "torch": torch.__version__, "config": args.config, "parameters": n_params,
-            "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "iters": args.iters, "warmup": warmup,
+            "mflop_per_pixel_zstep": mflop_px, "peak_tflops": peak, "bandwidth_tbs": bandwidth,
+            "iters": args.iters, "warmup": warmup,
             "cudnn_benchmark": args.cudnn_benchmark, "zstep_ops": ops}
     out = Path(args.json) if args.json else None
     rows = json.loads(out.read_text())["rows"] if out is not None and out.is_file() else []
@@ -444,7 +463,7 @@ def main() -> None:
             h, w = _size(size)
             for v in variants:
                 record(jpmap_row(arch, VARIANTS[v], h, w, args.iters, warmup, device, peak, args.profile,
-                                 args.jpmap_batch), JPMAP_COLUMNS)
+                                 args.jpmap_batch, bandwidth), JPMAP_COLUMNS)
     if args.only != "jpmap":
         _header(TRAIN_COLUMNS)
         for v in train_variants:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,18 +82,26 @@ def test_gpu_default_variants_exist(load_benchmark):
     assert fast.bf16 and fast.channels_last and fast.fuse_nets and fast.cuda_graph and fast.pointwise_matmul
 
 
-def test_batched_jpmap_rows_report_per_image_time(tmp_path):
+def test_batched_jpmap_rows_report_per_image_time_and_conv_traffic(tmp_path):
+    """--jpmap-batch: the batch's time and FLOPs, and per image; --bandwidth: the convolutions' own traffic in ms
+    (fp32: 4 bytes per value read or written)."""
+    from hvae.config import HVAEConfig
+    from hvae.cost import zstep_op_counts
     out = tmp_path / "speed.json"
     proc = _speed(tmp_path, "--only", "jpmap", "--variants", "fp32", "--jpmap-batch", "2", "--iters", "1",
-                  "--warmup", "1", "--json", str(out))
+                  "--warmup", "1", "--json", str(out), "--bandwidth", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(out.read_text())["rows"]
     assert row["size"] == "2x32x32" and "error" not in row
     assert row["ms_per_image_iter"] == row["ms_per_iter"] / 2
+    arch = HVAEConfig.from_dict(yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["model"]["arch"])
+    conv_bytes = 2 * 4 * zstep_op_counts(arch, 32, 32)["conv_elements"]
+    assert row["conv_traffic_ms"] == pytest.approx(conv_bytes / 2e12 * 1e3)
     single = _speed(tmp_path, "--only", "jpmap", "--variants", "fp32", "--iters", "1", "--warmup", "1",
                     "--json", str(tmp_path / "one.json"))
     (one,) = json.loads((tmp_path / "one.json").read_text())["rows"]
     assert single.returncode == 0 and one["gflop_per_iter"] * 2 == row["gflop_per_iter"]
+    assert "conv_traffic_ms" not in one  # no bandwidth known for a CPU
     assert _speed(tmp_path, "--jpmap-batch", "0").returncode == 2
 
 

@@ -106,3 +106,21 @@ def test_zstep_operator_counts_of_the_preset_plain_and_fused():
     assert plain["flops"] == zstep_flops(config, 64, 64) < fused["flops"] < 1.1 * plain["flops"]
     # no KL in the z-step (only the ELBO keeps it), and no arithmetic for the tempered mode at tau = 1
     assert zstep_op_counts(config, 64, 64, tau=1.0)["operators"] < plain["operators"] < 1800
+
+
+def test_zstep_traffic_counts_match_the_convolutions_own():
+    """conv_elements is each convolution's input and output (counted here again with forward hooks), grows with
+    the pixels, and the fused nets read the state once where the two nets read it twice."""
+    from hvae.cost import zstep_op_counts
+    config = _preset()
+    counts = zstep_op_counts(config, 64, 64)
+    model, seen = meta_model(config), []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(lambda m, args, out: seen.append(args[0].numel() + out.numel()))
+    with torch.no_grad():
+        model.encode_decode(torch.zeros(1, 3, 64, 64, device="meta"), 0.8)
+    assert len(seen) == counts["convolutions"] and sum(seen) == counts["conv_elements"]
+    assert zstep_op_counts(config, 128, 128)["conv_elements"] == 4 * counts["conv_elements"]
+    assert 0 < counts["elementwise_elements"]
+    assert zstep_op_counts(config, 64, 64, fused=True)["conv_elements"] < counts["conv_elements"]
