@@ -118,6 +118,9 @@ VARIANTS = {v.name: v for v in [
     Variant("bf16-cl-cudagraphs-fused-mm-gemmtune", True, True, "reduce-overhead", fuse_nets=True,
             pointwise_matmul=True, inductor=GEMM_TUNE),
     # weights as constants of the compiled graph (inference only): constant folding, layouts chosen at compile time
+    # (on a CPU: oneDNN's pre-packed weights, SiLU and residual adds fused into the convolutions as post-ops)
+    Variant("fp32-compile-freeze", False, False, "default", inductor=(("freezing", True),)),
+    Variant("bf16-cl-compile-fused-freeze", True, True, "default", fuse_nets=True, inductor=(("freezing", True),)),
     Variant("bf16-cl-cudagraphs-fused-mm-freeze", True, True, "reduce-overhead", fuse_nets=True,
             pointwise_matmul=True, inductor=(("freezing", True),)),
     Variant("bf16-cl-autotune", True, True, "max-autotune"),
@@ -355,10 +358,11 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
         row["peak_gib"] = _peak_gib(device)
         row["tflops"] = flops / (row["core_ms"] / 1e3) / 1e12
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
-        if profile is not None:  # after the timing, so that it does not disturb it
-            title = f"training {batch}x{size}x{size} {variant.name}: 2 core steps"
-            with profile.open("a") as f:
-                f.write(profile_tables(lambda: [core() for _ in range(2)], device, title))
+        if profile is not None:  # after the timing, so that it does not disturb it; the full steps too: what
+            with profile.open("a") as f:  # runs between the skip decision's synchronisation and the next step
+                for name, fn in (("core", core), ("full", full)):
+                    title = f"training {batch}x{size}x{size} {variant.name}: 2 {name} steps"
+                    f.write(profile_tables(lambda step=fn: [step() for _ in range(2)], device, title))
     except Exception as err:  # noqa: BLE001
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     finally:

@@ -37,10 +37,11 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
     titles = [line for line in profile.read_text().splitlines() if line.startswith("## ")]
     assert titles == ["## JPMAP 32x32 fp32: 2 iterations", "## JPMAP 32x32 fp32-cl: 2 iterations",
                       "## JPMAP 32x32 bf16-cl: 2 iterations", "## training 2x32x32 fp32: 2 core steps",
-                      "## training 2x32x32 bf16-cl: 2 core steps"]
+                      "## training 2x32x32 fp32: 2 full steps", "## training 2x32x32 bf16-cl: 2 core steps",
+                      "## training 2x32x32 bf16-cl: 2 full steps"]
     assert "aten::convolution" in profile.read_text()
     families = [line for line in profile.read_text().splitlines() if line.startswith("operator self CPU time")]
-    assert len(families) == 5  # one per profiled row
+    assert len(families) == 7  # one per profiled JPMAP row, two per training row
     for line in families:  # the families and "other" share all of the operators' time; convolutions take some
         found = re.findall(r"([a-z ,()]+) (\d+)%", line.split(": ", 1)[1])
         shares = {name.strip(): float(pct) for name, pct in found}
