@@ -164,12 +164,16 @@ class TiledJPMAP(L.LightningModule):
     :meth:`restore.operators.Inpainting.init` gives the missing pixels in the whole-image run (a tile's own
     mean would start each tile elsewhere: 40 dB from the whole-image estimate instead of 59, shipped prior,
     50% missing, 5 iterations). ``band`` (circular operators): the observation pixels at the window edges
-    that the x-step ignores (:meth:`restore.tiling.TileGrid.edge_band`, :class:`restore.tiling.WindowOperator`)."""
+    that the x-step ignores (:meth:`restore.tiling.TileGrid.edge_band`, :class:`restore.tiling.WindowOperator`).
+    ``batch_tiles``: the data loader's batch size (``tiles_per_batch``); with a compiled pass or CUDA graphs a
+    smaller batch (the last one) is filled up to it with copies of its last tile, so that it runs the shape
+    already compiled."""
 
     def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
                  kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None,
-                 band: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))) -> None:
+                 band: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)), batch_tiles: int = 1) -> None:
         super().__init__()
+        self.batch_tiles = batch_tiles
         self.prior = load_prior(prior_path)
         self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
         ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma),
@@ -219,24 +223,48 @@ class TiledJPMAP(L.LightningModule):
         settled). ``group`` consecutive items (the channels of one tile through a grey prior) stop together,
         as the whole image's channels do. The divergence guard works per tile on the same residual, checked
         at the end of each chunk: a tile whose residual exceeds ``divergence_guard`` times its smallest one
-        keeps the iterate of that smallest residual."""
+        keeps the iterate of that smallest residual.
+
+        Windows that lie on the whole image's pooling grid as they are (one piece per axis, nothing to pad
+        before it: every window of a non-circular grid, the inner ones of a circular grid) go to the network
+        itself, whose padding by jpmap is then the same; the others through :class:`SegmentedPrior`. A compiled
+        pass or a CUDA graph is made for one input shape, so with either the batch keeps its shape to the end
+        (tiles that have stopped are computed with the others and keep their result: no compilation or capture
+        per number of tiles still running), and windows cut in pieces run eagerly (each piece has its own
+        shape); a batch smaller than ``batch_tiles`` tiles is filled up with copies of its last tile."""
         cfg = self.config
+        on_grid = segments is None or all(len(r) == 1 and len(c) == 1 and r[0].before == 0 and c[0].before == 0
+                                          for r, c in segments)
+        fixed = on_grid and (cfg.compile or (cfg.cuda_graph and y.is_cuda))
+        n = y.shape[0]
+        copies = max(0, self.batch_tiles - n // group) if fixed else 0
+        if copies:  # the last tile (its `group` items) again, up to the batch shape already compiled or captured
+
+            def fill(t: Tensor | None) -> Tensor | None:
+                return None if t is None else torch.cat([t, t[-group:].repeat(copies, *[1] * (t.ndim - 1))])
+
+            y, mask, x0, used = fill(y), fill(mask), fill(x0), None if used is None else fill(torch.as_tensor(used))
+            segments = None if segments is None else list(segments) + list(segments[-group:]) * copies
         chunk_cfg = replace(cfg, tol=0.0, divergence_guard=None)
+        if not on_grid:
+            chunk_cfg = replace(chunk_cfg, compile=False, cuda_graph=False)
         op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
         used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
-        active = torch.arange(y.shape[0], device=y.device)
+        everything = torch.arange(y.shape[0], device=y.device)
+        active = everything
         net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, once (SegmentedPrior is no nn.Module)
         done = 0
         while done < cfg.max_iters and len(active):
             step = min(cfg.check_every, cfg.max_iters - done)
-            idx = active.tolist()
+            run = everything if fixed else active  # the tiles computed in this chunk
+            idx = run.tolist()
             if mask is not None:
-                op = Inpainting(mask[active], self.sigma).to(y.device)
-            prior = net if segments is None else SegmentedPrior(net, [segments[i] for i in idx])
-            ya, xa = y[active], x[active]
+                op = Inpainting(mask[run], self.sigma).to(y.device)
+            prior = net if on_grid else SegmentedPrior(net, [segments[i] for i in idx])
+            ya, xa = y[run], x[run]
             if step > 1:
                 xa = jpmap(ya, op, prior, replace(chunk_cfg, max_iters=step - 1), x0=xa).x
             last = jpmap(ya, op, prior, replace(chunk_cfg, max_iters=1), x0=xa)
@@ -247,13 +275,15 @@ class TiledJPMAP(L.LightningModule):
                 boxes = [used_boxes[i] for i in idx]
                 rms = torch.stack([change[k, :, r0:r1, c0:c1].mean() for k, (r0, r1, c0, c1) in enumerate(boxes)]).sqrt()
             new_x, new_est = last.x.to(x.dtype), last.estimate.to(est.dtype)
+            if fixed:  # only the tiles still running take this chunk's result
+                rms, new_x, new_est = rms[active], new_x[active], new_est[active]
             if guard is not None:  # a tile that stopped keeps the iterate of its smallest residual
                 new_x, new_est = guard.update(rms, (new_x, new_est), active)
             x[active], est[active] = new_x, new_est
             done += step
             moving = rms >= cfg.tol if guard is None else (rms >= cfg.tol) & ~guard.stopped[active]
             active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
-        return est
+        return est[:n]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together."""
@@ -357,7 +387,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
         band = grid.edge_band(tuple(kernel.shape) if kernel is not None else None)
-        module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band)
+        module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band, batch_tiles=tiles_per_batch)
         data = TileDataModule([source], [grid], tiles_dir, masks, tiles_per_batch, num_workers)
         trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                             logger=False, enable_checkpointing=False, enable_model_summary=False,

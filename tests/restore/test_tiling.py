@@ -433,3 +433,63 @@ def test_per_tile_divergence_guard_returns_a_drifting_tiles_smallest_residual_it
             assert best is not None and torch.equal(out[4.0], best)
         else:
             torch.testing.assert_close(out[4.0], out[None])
+
+
+def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_path, clean, monkeypatch):
+    """A compiled pass (or CUDA graph) is made per input shape: with one, the per-tile loop keeps the batch whole
+    while its tiles stop one by one (no new shape per number of tiles still running), fills a smaller batch up to
+    --tiles-per-batch, and gives each tile what the shrinking eager loop gives; windows on the pooling grid go to the network itself (an nn.Module, which graphs
+    and compilation need), windows cut by a circular grid's border through SegmentedPrior, eagerly."""
+    import restore.jpmap as jpmap_module
+    import restore.predict as predict
+    from dataclasses import replace
+
+    calls, shapes = [], []
+    real_jpmap = predict.jpmap
+
+    def recording_jpmap(y, op, prior, config, x0=None):
+        calls.append((type(prior).__name__, config.compile, y.shape[0]))
+        return real_jpmap(y, op, prior, config, x0=x0)
+
+    def recording_compiled(mode):  # torch.compile's place: the eager pass, and the shapes it is asked for
+        def run(prior, x, *args):
+            shapes.append(tuple(x.shape))
+            return jpmap_module._decoded_pass(prior, x, *args)
+        return run
+
+    monkeypatch.setattr(predict, "jpmap", recording_jpmap)
+    monkeypatch.setattr(jpmap_module, "_compiled", recording_compiled)
+    op = _operator("denoise")
+    y = op.degrade(clean, generator=_gen(4)).float()
+    module = predict.TiledJPMAP(str(prior_path), JPMAPConfig(max_iters=6, tol=0.0, check_every=2), "denoise", op.sigma)
+    grid = TileGrid(H, W, 32, 8, 1, False, module.prior.multiple)
+    tiles = grid.tiles[:3]
+    ys, segs = torch.cat([cut(y, t.obs_box) for t in tiles]), [grid.segments(t) for t in tiles]
+    assert all(len(r) == 1 and len(c) == 1 and r[0].before == c[0].before == 0 for r, c in segs)
+    res = [jpmap(ys[k:k + 1], op, module.prior, JPMAPConfig(max_iters=2, tol=0.0)).history.residual[-1]
+           for k in range(3)]
+    low = sorted(res)
+    module.config = replace(module.config, tol=(low[0] * low[1]) ** 0.5)  # after the first chunk, one tile stops
+    shrinking = module._solve(ys, None, segs)
+    assert {c[0] for c in calls} == {"HierarchicalVAE"} and {3, 2} <= {c[2] for c in calls}
+    calls.clear()
+    module.config = replace(module.config, compile=True)
+    kept = module._solve(ys, None, segs)
+    assert {c[:2] for c in calls} == {("HierarchicalVAE", True)} and {c[2] for c in calls} == {3}
+    assert set(shapes) == {tuple(ys.shape)}
+    torch.testing.assert_close(kept, shrinking, rtol=0, atol=1e-6)
+    shapes.clear()  # the last batch of a run, smaller than --tiles-per-batch: filled up to the compiled shape
+    module.batch_tiles = 5
+    filled = module._solve(ys, None, segs)
+    assert set(shapes) == {(5, *ys.shape[1:])} and filled.shape == kept.shape
+    torch.testing.assert_close(filled, kept, rtol=0, atol=1e-6)
+    # a circular grid: windows that cross the image border are cut in pieces and run eagerly
+    calls.clear()
+    blur = _operator("blur")
+    circular = TileGrid(H, W, 32, 8, 1, True, module.prior.multiple)
+    border = circular.tiles[0]
+    assert len(circular.segments(border)[0]) > 1
+    module = predict.TiledJPMAP(str(prior_path), JPMAPConfig(max_iters=2, compile=True), "blur", blur.sigma,
+                                blur.kernel)
+    module._solve(cut(y, border.obs_box), None, [circular.segments(border)])
+    assert {c[:2] for c in calls} == {("SegmentedPrior", False)}
