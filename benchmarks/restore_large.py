@@ -3,6 +3,7 @@
 python benchmarks/restore_large.py                      # 1024x1024, 1 vs 2 CPU processes, tiny prior
 python benchmarks/restore_large.py --size 8192          # 8k x 8k: host memory stays flat (slow on CPU)
 python benchmarks/restore_large.py --accelerator gpu --processes 1 --tiles-per-batch 1,4,16,64
+python benchmarks/restore_large.py --accelerator gpu --processes 1 --tiles-per-batch 16 --fast [--compile reduce-overhead]
 python benchmarks/restore_large.py --prior priors/natural.pt --size 2048 --iters 20
 
 Every configuration runs in a fresh process (``--worker``), so peak RSS (``getrusage``, per rank) is its own.
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +71,15 @@ def worker(args: argparse.Namespace) -> None:
     from restore.operators import Denoising
     from restore.predict import restore_tiled
 
+    config = JPMAPConfig(max_iters=args.iters, tol=0)
+    if args.fast:  # what restore.py --fast sets on this device
+        from restore.cli import fast_settings
+        device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+        config = replace(config, **fast_settings(device, args.compile is not None))
+    if args.compile:
+        config = replace(config, compile=True, compile_mode=args.compile)
     start = time.perf_counter()
-    restore_tiled(args.y, Denoising(args.sigma), args.prior, JPMAPConfig(max_iters=args.iters, tol=0), args.out,
+    restore_tiled(args.y, Denoising(args.sigma), args.prior, config, args.out,
                   tile=args.tile, halo=args.halo, tiles_per_batch=args.tpb, devices=args.processes,
                   accelerator=args.accelerator, strategy="ddp" if args.processes > 1 else "auto")
     seconds = time.perf_counter() - start
@@ -87,6 +96,7 @@ def run_one(args, processes: int, tpb: int, y: Path, prior: Path, work: Path) ->
            "--out", str(out), "--report", str(report), "--tile", str(args.tile), "--iters", str(args.iters),
            "--processes", str(processes), "--tpb", str(tpb), "--accelerator", args.accelerator,
            "--sigma", str(args.sigma)] + (["--halo", str(args.halo)] if args.halo is not None else [])
+    cmd += (["--fast"] if args.fast else []) + (["--compile", args.compile] if args.compile else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -109,6 +119,9 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--prior", type=Path, default=None, help="prior export (default: a tiny random-weight prior)")
     p.add_argument("--sigma", type=float, default=10 / 255)
+    p.add_argument("--fast", action="store_true", help="restore.py --fast's JPMAP settings on this accelerator")
+    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                   help="torch.compile the z-step (one compilation per tile shape: the first batch's time holds it)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--y", "--out", "--report"):
@@ -124,7 +137,8 @@ def main() -> None:
         t = time.perf_counter()
         y = make_observation(work / "y.npy", args.size, args.sigma)
         device = torch.cuda.get_device_name() if args.accelerator in ("gpu", "cuda") else f"CPU ({os.cpu_count()} cores)"
-        print(f"# {args.size}x{args.size} RGB denoising, tile {args.tile}, {args.iters} JPMAP iterations, prior "
+        fast = (" --fast" if args.fast else "") + (f" --compile {args.compile}" if args.compile else "")
+        print(f"# {args.size}x{args.size} RGB denoising{fast}, tile {args.tile}, {args.iters} JPMAP iterations, prior "
               f"{Path(prior).name}, {device}, torch {torch.__version__} (input made in {time.perf_counter() - t:.1f} s)")
         print("| processes | tiles/batch | seconds | MP/s per process | peak RSS MiB (max rank) | device MiB |")
         print("|---:|---:|---:|---:|---:|---:|")

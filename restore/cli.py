@@ -228,6 +228,13 @@ def native_bf16_cpu() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def fast_settings(device_type: str, compiled: bool) -> dict:
+    """The JPMAPConfig fields ``--fast`` sets on a device of this type (see :func:`_apply_fast`), with or without
+    ``--compile``."""
+    return {"precision": "bf16", "channels_last": True, "fuse_nets": True, "cuda_graph": not compiled,
+            "pointwise_matmul": device_type == "cuda" and not compiled}
+
+
 def _apply_fast(args: argparse.Namespace) -> None:
     """``--fast``: bf16 + channels_last + fused nets, and unless ``--compile`` is given (the two exclude each
     other) the eager pass replayed from a CUDA graph; on CUDA's eager path the 1x1 convolutions as matrix products
@@ -239,9 +246,10 @@ def _apply_fast(args: argparse.Namespace) -> None:
     if device.type == "cpu" and not native_bf16_cpu():
         raise UsageError("--fast runs bf16, which this CPU has no native kernels for (slower than fp32 here); "
                          "drop --fast, or add --fuse-nets alone")
-    args.precision, args.channels_last, args.fuse_nets = "bf16", True, True
-    args.cuda_graph = args.compile is None
-    args.pointwise_matmul = args.pointwise_matmul or (device.type == "cuda" and args.compile is None)
+    fast = fast_settings(device.type, args.compile is not None)
+    args.precision, args.channels_last, args.fuse_nets = fast["precision"], fast["channels_last"], fast["fuse_nets"]
+    args.cuda_graph = fast["cuda_graph"]
+    args.pointwise_matmul = args.pointwise_matmul or fast["pointwise_matmul"]
 
 
 def solver_config(args: argparse.Namespace):

@@ -211,8 +211,11 @@ _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its va
 
 
 def _fingerprint(module: torch.nn.Module) -> tuple:
-    """Changes when a parameter is replaced or changed in place (optimiser steps, load_state_dict)."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+    """Changes when a parameter is replaced or changed in place (optimiser steps, load_state_dict). A parameter
+    made under torch.inference_mode has no version counter (and can be changed in place only there): its
+    address, dtype and device stand for it."""
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype, p.device)
+                 for p in module.parameters())
 
 
 def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
@@ -234,9 +237,15 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
 
     With ``channels_last`` the weights are put in NHWC layout (in place: the values do not change). A prior that
     is not an ``nn.Module`` is returned as it is, and so is one of these copies given back for the same settings
-    (the tiled loop hands its copy to jpmap)."""
+    (the tiled loop hands its copy to jpmap). Copies and conversions are made outside torch.inference_mode (which
+    Lightning's predict loop runs in), so that their parameters are ordinary tensors wherever they are used next."""
     if not isinstance(prior, torch.nn.Module):
         return prior
+    with torch.inference_mode(False):
+        return _network_for(prior, config)
+
+
+def _network_for(prior: torch.nn.Module, config: JPMAPConfig) -> torch.nn.Module:
     bf16 = config.precision == "bf16"
     variant = (config.fuse_nets, bf16 and config.cast_weights, bf16 and config.bf16_state,
                config.channels_last and config.pointwise_matmul)

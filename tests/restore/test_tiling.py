@@ -493,3 +493,24 @@ def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_p
                                 blur.kernel)
     module._solve(cut(y, border.obs_box), None, [circular.segments(border)])
     assert {c[:2] for c in calls} == {("SegmentedPrior", False)}
+
+
+def test_tiles_with_fused_nets_and_graph_replay_setting_run_under_lightnings_inference_mode(prior_path, clean, tmp_path):
+    """Lightning's predict loop runs in torch.inference_mode, where the fused copy used to be made of inference
+    tensors, which have no version counter for the CUDA-graph cache's fingerprint: restore.py --fast --tile failed
+    once windows on the pooling grid went to the network itself. The copy is made outside inference mode now; a
+    prior made inside it is fingerprinted without version counters. (cuda_graph does nothing on a CPU.)"""
+    from dataclasses import replace
+
+    from restore.jpmap import _fingerprint, network_for
+
+    op = _operator("denoise")
+    y = op.degrade(clean, generator=_gen(4)).float()[0]
+    plain = _npy(restore_tiled(y, op, prior_path, CONFIG, tmp_path / "plain.npy", tile=48, halo=16))
+    fast_cfg = replace(CONFIG, fuse_nets=True, cuda_graph=True)
+    fast = _npy(restore_tiled(y, op, prior_path, fast_cfg, tmp_path / "fast.npy", tile=48, halo=16))
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        made_inside = load_prior(prior_path)
+        copy = network_for(made_inside, fast_cfg)
+    assert _fingerprint(made_inside) and not any(p.is_inference() for p in copy.parameters())
