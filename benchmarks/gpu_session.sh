@@ -17,20 +17,23 @@
 #        elementwise traffic between convolutions is what both targets need cut (BENCHMARKS.md)
 #     3. where the compiled pass's time goes at 320x448, profiled: torch.compile default mode (no CUDA graphs, so
 #        the profiler sees Inductor's kernels) with the matrix products
-#   bash benchmarks/gpu_session.sh checks   # about 5 minutes at most (limits 110 + 200 s)
+#   bash benchmarks/gpu_session.sh checks   # about 9 minutes at most (limits 110 + 60 + 60 + 120 + 200 s)
 #     4. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
 #        call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
-#     5. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products)
+#     5. the tiled loop on a 2048x2048 image (shipped natural prior, 16 tiles of 256 per batch, 10 iterations):
+#        fp32, --fast (graph replay now reaches the tiles) and --fast --compile reduce-overhead (one compilation
+#        per run now, not one per number of tiles still running)
+#     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products)
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
 # From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
 # train.py's CLI):
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
-#   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=330)
+#   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
 #   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
-# gpu.txt, train.log, cuda_tests.log (checks). A step that fails or runs out of time leaves its log and the next
+# gpu.txt, train.log, large.log, cuda_tests.log (checks). A step that fails or runs out of time leaves its log and the next
 # step runs.
 # Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones):
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh speed; GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh checks
@@ -51,6 +54,7 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     TRAIN=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
+    LARGE=(--accelerator cpu --processes 1 --size 256 --tile 128 --tiles-per-batch 4 --iters 2)
 else
     SPEED=(--cudnn-benchmark)
     FAST=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); FAST_SIZES=(320x448 1024x1024)
@@ -59,6 +63,7 @@ else
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)
     TESTS=(tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)  # JPMAP's compiled tests, the slowest, last
+    LARGE=(--accelerator gpu --processes 1 --size 2048 --tile 256 --tiles-per-batch 16 --iters 10 --prior priors/natural.pt)
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
@@ -99,6 +104,11 @@ for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursiv
         print(f"# {tag}: {len(values)} values, first {values[0]:.4g}, last {values[-1]:.4g}")
 PYEOF
 
-# 5. the fast paths' CUDA tests (skipped on a CPU)
+# 5. the tiled loop, fp32 against the fast paths
+step 60 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}"
+step 60 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}" --fast
+step 120 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}" --fast --compile reduce-overhead
+
+# 6. the fast paths' CUDA tests (skipped on a CPU)
 step 200 cuda_tests.log "$PY" -m pytest -q -rs -p no:cacheprovider "${TESTS[@]}"
 ls -la "$OUT"
