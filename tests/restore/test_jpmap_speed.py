@@ -204,6 +204,34 @@ def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fu
     assert float((changed - out.x).abs().max()) > 1e-3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_tiles_replay_one_cuda_graph_while_they_stop_one_by_one(busy_tiny_model, tmp_path):
+    """The tiled loop with graph replay (restore.py --fast --tile): windows on the pooling grid reach the network
+    itself, the batch keeps its shape as tiles stop, so one graph is captured, and each tile gets the eager
+    loop's result."""
+    from hvae.export import export_prior
+    from restore.predict import TiledJPMAP
+    from restore.tiling import TileGrid, cut
+
+    path = export_prior(busy_tiny_model, tmp_path / "prior.pt", half=False)
+    op = Denoising(0.05)
+    image = _smooth_image(64)
+    y = (image + 0.05 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))).cuda()
+    module = TiledJPMAP(str(path), JPMAPConfig(max_iters=6, tol=0.0, check_every=2), "denoise", op.sigma).cuda()
+    grid = TileGrid(64, 64, 16, 8, 1, False, module.prior.multiple)
+    tiles = grid.tiles[:4]
+    ys, segs = torch.cat([cut(y, t.obs_box) for t in tiles]), [grid.segments(t) for t in tiles]
+    res = [jpmap(ys[k:k + 1], op, module.prior, JPMAPConfig(max_iters=2, tol=0.0)).history.residual[-1]
+           for k in range(4)]
+    low = sorted(res)
+    module.config = JPMAPConfig(max_iters=6, tol=(low[0] * low[1]) ** 0.5, check_every=2)  # one stops early
+    eager = module._solve(ys, None, segs)
+    module.config = JPMAPConfig(max_iters=6, tol=(low[0] * low[1]) ** 0.5, check_every=2, cuda_graph=True)
+    graphed = module._solve(ys, None, segs)
+    torch.testing.assert_close(graphed, eager, atol=1e-4, rtol=0)
+    assert len(jpmap_module._GRAPHS[network_for(module.prior, module.config)]) == 1
+
+
 # last in the file: inductor's compilations are the slowest CUDA tests (gpu_session.sh runs them under a time limit)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compilation is tested on CUDA only (too slow on CPU)")
 @pytest.mark.parametrize("mode, fuse, mm", [("default", False, False), ("reduce-overhead", False, False),
