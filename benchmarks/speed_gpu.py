@@ -407,6 +407,8 @@ def main() -> None:
     args = p.parse_args()
     if args.jpmap_batch < 1:
         p.error("--jpmap-batch must be at least 1")
+    if any(v is not None and not v > 0 for v in (args.bandwidth, args.peak_tflops)):
+        p.error("--bandwidth and --peak-tflops must be > 0 (TB/s, TFLOP/s)")
     if args.iters < 1 or (args.warmup is not None and args.warmup < 1):
         p.error("--iters and --warmup must be at least 1 (the warm-up holds the compilation and CUDA graph capture)")
     wrong = [v for v in args.train_variants or [] if v not in TRAIN_VARIANTS]

@@ -104,6 +104,8 @@ def test_batched_jpmap_rows_report_per_image_time_and_conv_traffic(tmp_path):
     assert single.returncode == 0 and one["gflop_per_iter"] * 2 == row["gflop_per_iter"]
     assert "conv_traffic_ms" not in one  # no bandwidth known for a CPU
     assert _speed(tmp_path, "--jpmap-batch", "0").returncode == 2
+    refused = _speed(tmp_path, "--bandwidth", "-1")
+    assert refused.returncode == 2 and "--bandwidth and --peak-tflops must be > 0" in refused.stderr
 
 
 def test_inductor_settings_of_a_variant(load_benchmark):
