@@ -483,6 +483,12 @@ def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_p
     filled = module._solve(ys, None, segs)
     assert set(shapes) == {(5, *ys.shape[1:])} and filled.shape == kept.shape
     torch.testing.assert_close(filled, kept, rtol=0, atol=1e-6)
+    # as predict_step calls it: each tile's residual over its stitched part (the used boxes), filled up too
+    used = torch.stack([torch.tensor(grid.used_box(t)) for t in tiles])
+    module.config = replace(module.config, compile=False)
+    eager_used = module._solve(ys, None, segs, used)
+    module.config = replace(module.config, compile=True)
+    torch.testing.assert_close(module._solve(ys, None, segs, used), eager_used, rtol=0, atol=1e-6)
     # a circular grid: windows that cross the image border are cut in pieces and run eagerly
     calls.clear()
     blur = _operator("blur")
