@@ -33,7 +33,7 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
                                                          ("train", "bf16-cl")]
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
     assert all(r["ms_per_iter"] > 0 for r in rows if r["kind"] == "jpmap")
-    assert all(r["core_ms"] > 0 for r in rows if r["kind"] == "train")
+    assert all(r["core_ms"] > 0 and r["full_ms"] > 0 and r["nosync_ms"] > 0 for r in rows if r["kind"] == "train")
     titles = [line for line in profile.read_text().splitlines() if line.startswith("## ")]
     assert titles == ["## JPMAP 32x32 fp32: 2 iterations", "## JPMAP 32x32 fp32-cl: 2 iterations",
                       "## JPMAP 32x32 bf16-cl: 2 iterations", "## training 2x32x32 fp32: 2 core steps",
