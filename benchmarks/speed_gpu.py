@@ -364,9 +364,7 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
         if profile is not None:  # after the timing, so that it does not disturb it; the full steps too: what
             with profile.open("a") as f:  # runs between the skip decision's synchronisation and the next step
-                # "nosync": the full step's work without reading the norm on the host (no skip decision): how much of the
-        # core-to-full difference is the synchronisation, how much the norm and EMA themselves
-        for name, fn in (("core", core), ("full", full), ("nosync", lambda: full(sync=False))):
+                for name, fn in (("core", core), ("full", full)):
                     title = f"training {batch}x{size}x{size} {variant.name}: 2 {name} steps"
                     f.write(profile_tables(lambda step=fn: [step() for _ in range(2)], device, title))
     except Exception as err:  # noqa: BLE001
