@@ -24,6 +24,8 @@
 #        fp32, --fast (graph replay now reaches the tiles) and --fast --compile reduce-overhead (one compilation
 #        per run now, not one per number of tiles still running)
 #     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products)
+#   bash benchmarks/gpu_session.sh sizes    # about 7.5 minutes at most (limits 250 + 200 s)
+#     7. 512x512 and 2048x2048 compiled (bf16-cl-cudagraphs-fused-mm), and 8 images of 320x448 per call, per image
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
 # From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
@@ -31,17 +33,18 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
+#   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=480)
 #   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
-# gpu.txt, train.log, large.log, cuda_tests.log (checks). A step that fails or runs out of time leaves its log and the next
-# step runs.
-# Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones):
-#   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh speed; GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh checks
+# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes). A step that fails or
+# runs out of time leaves its log and the next step runs.
+# Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones), for each PART:
+#   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh PART
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-}
-if [ "$PART" != speed ] && [ "$PART" != checks ]; then
-    echo "usage: bash benchmarks/gpu_session.sh speed|checks (see the header)" >&2; exit 2
+if [ "$PART" != speed ] && [ "$PART" != checks ] && [ "$PART" != sizes ]; then
+    echo "usage: bash benchmarks/gpu_session.sh speed|checks|sizes (see the header)" >&2; exit 2
 fi
 OUT=${OUT:-out/gpu_session}
 mkdir -p "$OUT"
@@ -51,6 +54,7 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     SPEED=(--device cpu --iters 1 --warmup 1 --threads 1)
     FAST=(bf16-cl-fused-mm); FAST_SIZES=(64x64 64x128); TUNED=(bf16-cl-fused); TUNED_SIZES=(64x64)
     PROFILED=(bf16-cl-fused); PROFILE_SIZES=(64x64)
+    SIZED=(bf16-cl-fused-mm); SIZED_SIZES=(64x64 128x128); BATCHED=(bf16-cl-fused-mm); BATCHED_SIZE=64x64
     TRAIN=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
@@ -60,6 +64,8 @@ else
     FAST=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); FAST_SIZES=(320x448 1024x1024)
     TUNED=(bf16-cl-cudagraphs-fused-mm-gemmtune); TUNED_SIZES=(320x448)
     PROFILED=(bf16-cl-compile-fused-mm); PROFILE_SIZES=(320x448)
+    SIZED=(bf16-cl-cudagraphs-fused-mm); SIZED_SIZES=(512x512 2048x2048)
+    BATCHED=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); BATCHED_SIZE=320x448
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)
     TESTS=(tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)  # JPMAP's compiled tests, the slowest, last
@@ -85,6 +91,18 @@ step 290 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED
     --variants "${TUNED[@]}"
 step 90 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
     --variants "${PROFILED[@]}" --profile "$OUT/profile.txt"
+ls -la "$OUT"
+exit 0
+fi
+
+if [ "$PART" = sizes ]; then
+# 7. the issue's other sizes compiled (512x512 and 2048x2048 ran eager and graph-replayed only), and 8 images of
+#    320x448 per call (a data-set sweep: the small levels' launches shared by the batch), per image
+J=(--json "$OUT/speed.json")
+step 250 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${SIZED_SIZES[@]}" \
+    --variants "${SIZED[@]}"
+step 200 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "$BATCHED_SIZE" \
+    --variants "${BATCHED[@]}" --jpmap-batch 8
 ls -la "$OUT"
 exit 0
 fi
