@@ -52,6 +52,13 @@ def operator_spec(operator) -> dict:
     raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
 
 
+def on_pooling_grid(segments: Segments) -> bool:
+    """Whether a window lies on the whole image's pooling grid as it is (one piece per axis, nothing to pad before
+    it): the network then sees it as :class:`SegmentedPrior` would, through jpmap's own padding at the end."""
+    rows, cols = segments
+    return len(rows) == 1 and len(cols) == 1 and rows[0].before == 0 and cols[0].before == 0
+
+
 class SegmentedPrior:
     """The prior as the z-step of a batch of tiles must see it (a :class:`restore.prior.Prior` for
     :func:`restore.jpmap.jpmap`): each tile's window is encoded piece by piece, each piece padded onto the
@@ -233,8 +240,7 @@ class TiledJPMAP(L.LightningModule):
         per number of tiles still running), and windows cut in pieces run eagerly (each piece has its own
         shape); a batch smaller than ``batch_tiles`` tiles is filled up with copies of its last tile."""
         cfg = self.config
-        on_grid = segments is None or all(len(r) == 1 and len(c) == 1 and r[0].before == 0 and c[0].before == 0
-                                          for r, c in segments)
+        on_grid = segments is None or all(on_pooling_grid(seg) for seg in segments)
         fixed = on_grid and (cfg.compile or (cfg.cuda_graph and y.is_cuda))
         n = y.shape[0]
         copies = max(0, self.batch_tiles - n // group) if fixed else 0
@@ -286,11 +292,16 @@ class TiledJPMAP(L.LightningModule):
         return est[:n]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
-        """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together."""
+        """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together. With a
+        compiled pass or CUDA graphs, windows on the pooling grid and windows cut at a circular grid's border
+        are solved apart: the first with the fast path, the second eagerly (see :meth:`_jpmap_per_tile`), so
+        that one border window in a batch does not send the whole batch down the eager path."""
         ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
+        fast = self.config.compile or self.config.cuda_graph
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, y in enumerate(ys):
-            groups[tuple(y.shape) + (tuple(masks[k].shape) if masks is not None else ())].append(k)
+            cut_apart = fast and segments is not None and not on_pooling_grid(segments[k])
+            groups[tuple(y.shape) + (tuple(masks[k].shape) if masks is not None else ()) + (cut_apart,)].append(k)
         out: list[Tensor | None] = [None] * len(ys)
         for idx in groups.values():
             y = torch.stack([ys[k] for k in idx]).float()

@@ -520,3 +520,42 @@ def test_tiles_with_fused_nets_and_graph_replay_setting_run_under_lightnings_inf
         made_inside = load_prior(prior_path)
         copy = network_for(made_inside, fast_cfg)
     assert _fingerprint(made_inside) and not any(p.is_inference() for p in copy.parameters())
+
+
+def test_border_windows_of_a_circular_grid_do_not_send_their_batch_down_the_eager_path(prior_path, clean, monkeypatch):
+    """predict_step with a compiled pass: in a batch of a circular grid that mixes windows cut at the image border
+    and inner windows, the inner ones run compiled (filled up to the batch size), the cut ones eagerly through
+    SegmentedPrior, and every tile gets what the all-eager step gives."""
+    from dataclasses import replace
+
+    import restore.jpmap as jpmap_module
+    import restore.predict as predict
+    from restore.large_io import TensorSource
+
+    calls = []
+    real_jpmap = predict.jpmap
+
+    def recording_jpmap(y, op, prior, config, x0=None):
+        calls.append((type(prior).__name__, config.compile, y.shape[0]))
+        return real_jpmap(y, op, prior, config, x0=x0)
+
+    monkeypatch.setattr(predict, "jpmap", recording_jpmap)
+    monkeypatch.setattr(jpmap_module, "_compiled", lambda mode: jpmap_module._decoded_pass)
+    op = _operator("blur")
+    y = op.degrade(clean, generator=_gen(4)).float()
+    module = predict.TiledJPMAP(str(prior_path), JPMAPConfig(max_iters=4), "blur", op.sigma, op.kernel, batch_tiles=4)
+    grid = TileGrid(H, W, 32, 8, 1, True, module.prior.multiple)
+    inner = [k for k, t in enumerate(grid.tiles) if predict.on_pooling_grid(grid.segments(t))]
+    border = [k for k in range(len(grid)) if k not in inner]
+    assert inner and border
+    data = predict.TileDataset([TensorSource(y)], [grid], tiles=[(0, k) for k in (inner[0], border[1], inner[-1], border[0])])
+    batch = predict.collate_tiles([data[i] for i in range(len(data))])
+    eager = module.predict_step(batch, 0)
+    assert {c[0] for c in calls} == {"SegmentedPrior"}  # the eager step: one batch, through the wrapper
+    calls.clear()
+    module.config = replace(module.config, compile=True)
+    fast = module.predict_step(batch, 0)
+    assert {c for c in calls if c[0] == "HierarchicalVAE"} == {("HierarchicalVAE", True, 4)}  # 2 inner, filled to 4
+    assert {c for c in calls if c[0] == "SegmentedPrior"} == {("SegmentedPrior", False, 2)}  # the 2 border windows
+    for a, b in zip(fast, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
