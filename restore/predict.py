@@ -297,7 +297,7 @@ class TiledJPMAP(L.LightningModule):
         are solved apart: the first with the fast path, the second eagerly (see :meth:`_jpmap_per_tile`), so
         that one border window in a batch does not send the whole batch down the eager path."""
         ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
-        fast = self.config.compile or self.config.cuda_graph
+        fast = self.config.compile or (self.config.cuda_graph and ys[0].is_cuda)  # no CUDA graph on other devices
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, y in enumerate(ys):
             cut_apart = fast and segments is not None and not on_pooling_grid(segments[k])
