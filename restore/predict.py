@@ -3,9 +3,10 @@
 * :class:`TileDataset` yields the tiles of the images (only the tiles without a result file when built by
   :class:`TileDataModule`), read box by box from :class:`restore.large_io.ImageSource` objects;
 * :class:`TiledJPMAP` (a LightningModule) runs batched :func:`restore.jpmap.jpmap` on the tiles of a batch
-  (each tile stopping on its own residual; the prior seeing each window through :class:`SegmentedPrior`, as
-  the whole-image run sees those pixels) and refuses non-finite results with an error naming the image and
-  the tile's position;
+  (each tile stopping on its own residual; the prior seeing each window as the whole-image run sees those
+  pixels: a window on the image's pooling grid directly, one cut at a circular grid's border through
+  :class:`SegmentedPrior`; with a compiled pass or CUDA graphs, one batch shape per run) and refuses non-finite
+  results with an error naming the image and the tile's position;
 * :class:`TileWriter` (a BasePredictionWriter, ``write_interval="batch"``) writes each restored tile
   atomically to ``tiles_dir/img{i}_tile{j}.npy`` and holds every rank at a barrier at the end of prediction,
   so rank 0 can assemble as soon as ``trainer.predict`` returns.
