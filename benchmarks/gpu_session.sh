@@ -5,8 +5,8 @@
 # 3f7cedf (eager, eager-graph and compiled rows, profiles, CUDA tests), 957fc1e (restore.py fp32 against --fast,
 # matrix-product 1x1 convolutions, 512 and 2048, compiled 1024, training with CUDA graphs: 174 images/s, bf16's
 # floor). This one is for the two targets left (6 ms at 320x448, 30% of bf16 peak at 1024x1024) and what the third
-# call's changes touch, in two parts: the speed part first (the targets), the checks in the time left or the next
-# session (a session has 15 minutes of device time, start-up included):
+# call's changes touch, in three parts: speed first (the targets), the others in the time left or in later sessions
+# (a session has 15 minutes of device time, start-up included):
 #
 #   bash benchmarks/gpu_session.sh speed    # about 9 minutes at most (limits 170 + 290 + 90 s)
 #     1. restore.py --fast's pass (bf16-cl-fused-mm-graph; 19.9 and 101.7 ms in the third call, about 18 and 92
@@ -34,7 +34,8 @@
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=480)
-#   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs)
+#   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs, the tiled rows a
+#   synthetic image and the shipped prior)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
 # gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes). A step that fails or
 # runs out of time leaves its log and the next step runs.
