@@ -210,12 +210,19 @@ _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # copy -> its variant
 
 
+def _version(t: Tensor) -> int:
+    """``t._version``, or -1 for a tensor without a version counter (made under torch.inference_mode, or a
+    parameter whose data was replaced by such a tensor), which can be changed in place only in inference mode."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def _fingerprint(module: torch.nn.Module) -> tuple:
-    """Changes when a parameter is replaced or changed in place (optimiser steps, load_state_dict). A parameter
-    made under torch.inference_mode has no version counter (and can be changed in place only there): its
-    address, dtype and device stand for it."""
-    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype, p.device)
-                 for p in module.parameters())
+    """Changes when a parameter is replaced or changed in place (optimiser steps, load_state_dict); for a
+    parameter without a version counter, its address, dtype and device stand for it."""
+    return tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in module.parameters())
 
 
 def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
@@ -237,19 +244,26 @@ def network_for(prior: Prior, config: JPMAPConfig) -> Prior:
 
     With ``channels_last`` the weights are put in NHWC layout (in place: the values do not change). A prior that
     is not an ``nn.Module`` is returned as it is, and so is one of these copies given back for the same settings
-    (the tiled loop hands its copy to jpmap). Copies and conversions are made outside torch.inference_mode (which
-    Lightning's predict loop runs in), so that their parameters are ordinary tensors wherever they are used next."""
+    (the tiled loop hands its copy to jpmap). The copies are made, and put in NHWC layout, outside
+    torch.inference_mode (which Lightning's predict loop runs in), so that their parameters are ordinary tensors
+    wherever they are used next; the caller's own prior is converted in the caller's mode."""
     if not isinstance(prior, torch.nn.Module):
         return prior
-    with torch.inference_mode(False):
-        return _network_for(prior, config)
-
-
-def _network_for(prior: torch.nn.Module, config: JPMAPConfig) -> torch.nn.Module:
     bf16 = config.precision == "bf16"
     variant = (config.fuse_nets, bf16 and config.cast_weights, bf16 and config.bf16_state,
                config.channels_last and config.pointwise_matmul)
-    if any(variant) and _MADE.get(prior) != variant:
+    if not any(variant):
+        if config.channels_last:
+            prior.to(memory_format=torch.channels_last)
+        return prior
+    with torch.inference_mode(False):
+        return _copy_for(prior, variant, config.channels_last)
+
+
+def _copy_for(prior: torch.nn.Module, variant: tuple, channels_last: bool) -> torch.nn.Module:
+    """:func:`network_for`'s copy of ``prior`` for ``variant`` (made, or found in the cache), or ``prior`` itself
+    when it is such a copy already."""
+    if _MADE.get(prior) != variant:
         key = _fingerprint(prior)
         copies = _COPIES.setdefault(prior, {})
         if variant not in copies or copies[variant][0] != key:
@@ -270,7 +284,7 @@ def _network_for(prior: torch.nn.Module, config: JPMAPConfig) -> torch.nn.Module
             copies[variant] = (key, net)
             _MADE[net] = variant
         prior = copies[variant][1]
-    if config.channels_last:
+    if channels_last:
         prior.to(memory_format=torch.channels_last)
     return prior
 

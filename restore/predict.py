@@ -4,8 +4,8 @@
   :class:`TileDataModule`), read box by box from :class:`restore.large_io.ImageSource` objects;
 * :class:`TiledJPMAP` (a LightningModule) runs batched :func:`restore.jpmap.jpmap` on the tiles of a batch
   (each tile stopping on its own residual; the prior seeing each window as the whole-image run sees those
-  pixels: a window on the image's pooling grid directly, one cut at a circular grid's border through
-  :class:`SegmentedPrior`; with a compiled pass or CUDA graphs, one batch shape per run) and refuses non-finite
+  pixels: a window on the image's pooling grid directly, one cut at a circular grid's border or clipped to the
+  image's end through :class:`SegmentedPrior`; with a compiled pass or CUDA graphs, one batch shape per run) and refuses non-finite
   results with an error naming the image and the tile's position;
 * :class:`TileWriter` (a BasePredictionWriter, ``write_interval="batch"``) writes each restored tile
   atomically to ``tiles_dir/img{i}_tile{j}.npy`` and holds every rank at a barrier at the end of prediction,
@@ -138,8 +138,9 @@ def collate_tiles(items: list[dict]) -> dict:
 
 class TileDataModule(L.LightningDataModule):
     """Serves the tiles that have no file in ``tiles_dir`` yet (the list is made in ``setup``, on every rank
-    between Lightning's setup barriers); padded by repeating tiles up to the world size so that every rank
-    gets at least one (a repeated tile is rewritten with the same values, atomically)."""
+    between Lightning's setup barriers), those on the pooling grid first; padded by repeating tiles up to the
+    world size so that every rank gets at least one (a repeated tile is rewritten with the same values,
+    atomically)."""
 
     def __init__(self, sources: list[ImageSource], grids: list[TileGrid], tiles_dir: str | os.PathLike,
                  masks: list[ImageSource] | None = None, tiles_per_batch: int = 4, num_workers: int = 0) -> None:
@@ -149,7 +150,10 @@ class TileDataModule(L.LightningDataModule):
         self.dataset: TileDataset | None = None
 
     def setup(self, stage: str) -> None:
-        todo = missing_tiles(self.tiles_dir, self.grids)
+        # windows on the pooling grid first, then those cut at a circular grid's border or clipped to the image's
+        # end: batches of one kind, so that the fast paths run whole batches (TiledJPMAP.predict_step)
+        todo = sorted(missing_tiles(self.tiles_dir, self.grids),
+                      key=lambda it: not on_pooling_grid(self.grids[it[0]].segments(self.grids[it[0]].tiles[it[1]])))
         world = self.trainer.world_size if self.trainer is not None else 1
         everything = [(i, t.index) for i, g in enumerate(self.grids) for t in g.tiles]
         k = 0
@@ -234,8 +238,10 @@ class TiledJPMAP(L.LightningModule):
         keeps the iterate of that smallest residual.
 
         Windows that lie on the whole image's pooling grid as they are (one piece per axis, nothing to pad
-        before it: every window of a non-circular grid, the inner ones of a circular grid) go to the network
-        itself, whose padding by jpmap is then the same; the others through :class:`SegmentedPrior`. A compiled
+        before it: every window whose start is on the grid and that no circular grid cuts at the image border;
+        the last window of an axis whose length is not a multiple of the prior's factor is clipped to the
+        image's end, off the grid) go to the network itself, whose padding by jpmap is then the same; the others
+        through :class:`SegmentedPrior`. A compiled
         pass or a CUDA graph is made for one input shape, so with either the batch keeps its shape to the end
         (tiles that have stopped are computed with the others and keep their result: no compilation or capture
         per number of tiles still running), and windows cut in pieces run eagerly (each piece has its own
@@ -261,7 +267,7 @@ class TiledJPMAP(L.LightningModule):
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
         used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
         everything = torch.arange(y.shape[0], device=y.device)
-        active = everything
+        active = everything[:n]  # the copies that fill the batch up are computed, never waited for
         net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, once (SegmentedPrior is no nn.Module)
         done = 0
         while done < cfg.max_iters and len(active):
@@ -294,8 +300,8 @@ class TiledJPMAP(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together. With a
-        compiled pass or CUDA graphs, windows on the pooling grid and windows cut at a circular grid's border
-        are solved apart: the first with the fast path, the second eagerly (see :meth:`_jpmap_per_tile`), so
+        compiled pass or CUDA graphs, windows on the pooling grid and the others (cut at a circular grid's
+        border, or clipped to the image's end) are solved apart: the first with the fast path, the second eagerly (see :meth:`_jpmap_per_tile`), so
         that one border window in a batch does not send the whole batch down the eager path."""
         ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
         fast = self.config.compile or (self.config.cuda_graph and ys[0].is_cuda)  # no CUDA graph on other devices

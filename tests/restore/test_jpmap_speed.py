@@ -204,6 +204,26 @@ def test_cuda_graph_replay_matches_the_eager_pass(busy_tiny_model, precision, fu
     assert float((changed - out.x).abs().max()) > 1e-3
 
 
+def test_a_prior_made_in_inference_mode_runs_every_pass_in_and_out_of_it(busy_tiny_model, tmp_path):
+    """Lightning's predict loop and users' own code run torch.inference_mode: a prior loaded there has parameters
+    without version counters. network_for converts the caller's own prior in the caller's mode (converted outside
+    it, such a parameter breaks the next convolution in inference mode) and fingerprints it without versions."""
+    from hvae.export import export_prior
+
+    path = export_prior(busy_tiny_model, tmp_path / "prior.pt", half=False)
+    with torch.inference_mode():
+        prior = load_prior(path)
+    y, op = _smooth_image(32), Denoising(0.05)
+    for cfg in (JPMAPConfig(max_iters=2, channels_last=True), JPMAPConfig(max_iters=2, fuse_nets=True),
+                JPMAPConfig(max_iters=2, cuda_graph=True), JPMAPConfig(max_iters=2)):
+        ref = jpmap(y, op, load_prior(path), cfg).x
+        with torch.inference_mode():
+            inside = jpmap(y, op, prior, cfg).x
+        outside = jpmap(y, op, prior, cfg).x
+        torch.testing.assert_close(inside, ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(outside, ref, atol=1e-5, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 def test_tiles_replay_one_cuda_graph_while_they_stop_one_by_one(busy_tiny_model, tmp_path):
     """The tiled loop with graph replay (restore.py --fast --tile): windows on the pooling grid reach the network

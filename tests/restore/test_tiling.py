@@ -479,9 +479,10 @@ def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_p
     assert set(shapes) == {tuple(ys.shape)}
     torch.testing.assert_close(kept, shrinking, rtol=0, atol=1e-6)
     shapes.clear()  # the last batch of a run, smaller than --tiles-per-batch: filled up to the compiled shape
-    module.batch_tiles = 5
+    module.batch_tiles, chunks = 5, len(calls)
     filled = module._solve(ys, None, segs)
     assert set(shapes) == {(5, *ys.shape[1:])} and filled.shape == kept.shape
+    assert len(calls) == 2 * chunks  # the copies are computed, never waited for: as many chunks as without them
     torch.testing.assert_close(filled, kept, rtol=0, atol=1e-6)
     # as predict_step calls it: each tile's residual over its stitched part (the used boxes), filled up too
     used = torch.stack([torch.tensor(grid.used_box(t)) for t in tiles])
@@ -559,3 +560,18 @@ def test_border_windows_of_a_circular_grid_do_not_send_their_batch_down_the_eage
     assert {c for c in calls if c[0] == "SegmentedPrior"} == {("SegmentedPrior", False, 2)}  # the 2 border windows
     for a, b in zip(fast, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_tiles_on_the_pooling_grid_are_served_first(prior_path, clean, tmp_path):
+    """So that batches hold one kind of window: those the fast paths run whole, then the others (cut at a
+    circular grid's border, or clipped to the image's end)."""
+    from restore.large_io import TensorSource
+    from restore.predict import TileDataModule, on_pooling_grid
+
+    prior = load_prior(prior_path)
+    grid = TileGrid(H, W, 32, 8, 1, True, prior.multiple)
+    data = TileDataModule([TensorSource(clean[0])], [grid], tmp_path / "tiles")
+    data.setup("predict")
+    kinds = [on_pooling_grid(grid.segments(grid.tiles[j])) for _, j in data.dataset.tiles]
+    assert sorted(j for _, j in data.dataset.tiles) == list(range(len(grid)))
+    assert True in kinds and False in kinds and kinds == sorted(kinds, reverse=True)
