@@ -405,7 +405,9 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
         band = grid.edge_band(tuple(kernel.shape) if kernel is not None else None)
-        module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band, batch_tiles=tiles_per_batch)
+        # a batch is filled up to the shape the full batches compile; no further than the image's tiles
+        module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band,
+                            batch_tiles=min(tiles_per_batch, len(grid)))
         data = TileDataModule([source], [grid], tiles_dir, masks, tiles_per_batch, num_workers)
         trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                             logger=False, enable_checkpointing=False, enable_model_summary=False,
