@@ -5,8 +5,8 @@
 * :class:`TiledJPMAP` (a LightningModule) runs batched :func:`restore.jpmap.jpmap` on the tiles of a batch
   (each tile stopping on its own residual; the prior seeing each window as the whole-image run sees those
   pixels: a window on the image's pooling grid directly, one cut at a circular grid's border or clipped to the
-  image's end through :class:`SegmentedPrior`; with a compiled pass or CUDA graphs, one batch shape per run) and refuses non-finite
-  results with an error naming the image and the tile's position;
+  image's end through :class:`SegmentedPrior`; with a compiled pass or CUDA graphs, one batch shape per run)
+  and refuses non-finite results with an error naming the image and the tile's position;
 * :class:`TileWriter` (a BasePredictionWriter, ``write_interval="batch"``) writes each restored tile
   atomically to ``tiles_dir/img{i}_tile{j}.npy`` and holds every rank at a barrier at the end of prediction,
   so rank 0 can assemble as soon as ``trainer.predict`` returns.
@@ -241,11 +241,11 @@ class TiledJPMAP(L.LightningModule):
         before it: every window whose start is on the grid and that no circular grid cuts at the image border;
         the last window of an axis whose length is not a multiple of the prior's factor is clipped to the
         image's end, off the grid) go to the network itself, whose padding by jpmap is then the same; the others
-        through :class:`SegmentedPrior`. A compiled
-        pass or a CUDA graph is made for one input shape, so with either the batch keeps its shape to the end
-        (tiles that have stopped are computed with the others and keep their result: no compilation or capture
-        per number of tiles still running), and windows cut in pieces run eagerly (each piece has its own
-        shape); a batch smaller than ``batch_tiles`` tiles is filled up with copies of its last tile."""
+        through :class:`SegmentedPrior`. A compiled pass or a CUDA graph is made for one input shape, so with
+        either the batch keeps its shape to the end (tiles that have stopped are computed with the others and
+        keep their result: no compilation or capture per number of tiles still running), and the other windows
+        run eagerly (each piece has its own shape); a batch smaller than ``batch_tiles`` tiles is filled up with
+        copies of its last tile."""
         cfg = self.config
         on_grid = segments is None or all(on_pooling_grid(seg) for seg in segments)
         fixed = on_grid and (cfg.compile or (cfg.cuda_graph and y.is_cuda))
@@ -301,8 +301,9 @@ class TiledJPMAP(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together. With a
         compiled pass or CUDA graphs, windows on the pooling grid and the others (cut at a circular grid's
-        border, or clipped to the image's end) are solved apart: the first with the fast path, the second eagerly (see :meth:`_jpmap_per_tile`), so
-        that one border window in a batch does not send the whole batch down the eager path."""
+        border, or clipped to the image's end) are solved apart: the first with the fast path, the second
+        eagerly (see :meth:`_jpmap_per_tile`), so that one border window in a batch does not send the whole
+        batch down the eager path."""
         ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
         fast = self.config.compile or (self.config.cuda_graph and ys[0].is_cuda)  # no CUDA graph on other devices
         groups: dict[tuple, list[int]] = defaultdict(list)

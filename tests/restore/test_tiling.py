@@ -438,11 +438,13 @@ def test_per_tile_divergence_guard_returns_a_drifting_tiles_smallest_residual_it
 def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_path, clean, monkeypatch):
     """A compiled pass (or CUDA graph) is made per input shape: with one, the per-tile loop keeps the batch whole
     while its tiles stop one by one (no new shape per number of tiles still running), fills a smaller batch up to
-    --tiles-per-batch, and gives each tile what the shrinking eager loop gives; windows on the pooling grid go to the network itself (an nn.Module, which graphs
-    and compilation need), windows cut by a circular grid's border through SegmentedPrior, eagerly."""
+    --tiles-per-batch, and gives each tile what the shrinking eager loop gives; windows on the pooling grid go to the
+    network itself (an nn.Module, which graphs and compilation need), windows cut by a circular grid's border
+    through SegmentedPrior, eagerly."""
+    from dataclasses import replace
+
     import restore.jpmap as jpmap_module
     import restore.predict as predict
-    from dataclasses import replace
 
     calls, shapes = [], []
     real_jpmap = predict.jpmap
