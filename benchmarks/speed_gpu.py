@@ -285,8 +285,9 @@ def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters
         op = Blur(gaussian_kernel(1.6), 7.65 / 255).to(device)
         y = torch.rand(batch, arch.image_channels, height, width, device=device)
         _reset_peak(device)
-        if variant.inductor and variant.missing_inductor_options():
-            row["inductor_missing"] = variant.missing_inductor_options()
+        missing = variant.missing_inductor_options()
+        if missing:
+            row["inductor_missing"] = missing
         with variant.inductor_settings():  # compilation happens in the warm-up, under these settings
             start = time.perf_counter()
             jpmap(y, op, prior, variant.jpmap_config(warmup))  # warm-up, compilation included

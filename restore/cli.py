@@ -247,9 +247,8 @@ def _apply_fast(args: argparse.Namespace) -> None:
         raise UsageError("--fast runs bf16, which this CPU has no native kernels for (slower than fp32 here); "
                          "drop --fast, or add --fuse-nets alone")
     fast = fast_settings(device.type, args.compile is not None)
-    args.precision, args.channels_last, args.fuse_nets = fast["precision"], fast["channels_last"], fast["fuse_nets"]
-    args.cuda_graph = fast["cuda_graph"]
-    args.pointwise_matmul = args.pointwise_matmul or fast["pointwise_matmul"]
+    fast["pointwise_matmul"] = args.pointwise_matmul or fast["pointwise_matmul"]  # --pointwise-matmul stays asked for
+    vars(args).update(fast)
 
 
 def solver_config(args: argparse.Namespace):

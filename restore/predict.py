@@ -223,6 +223,11 @@ class TiledJPMAP(L.LightningModule):
             x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
         return x
 
+    def _one_shape(self, device: torch.device) -> bool:
+        """Whether the network pass is compiled or replayed from a CUDA graph on ``device`` (a graph only on
+        CUDA): made for one input shape, so that batches keep theirs."""
+        return self.config.compile or (self.config.cuda_graph and device.type == "cuda")
+
     def _jpmap_per_tile(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None, x0: Tensor | None,
                         used: Tensor | None = None, group: int = 1) -> Tensor:
         """:func:`restore.jpmap.jpmap` on a batch, each tile stopping on its own residual: the result of a tile
@@ -248,7 +253,7 @@ class TiledJPMAP(L.LightningModule):
         copies of its last tile."""
         cfg = self.config
         on_grid = segments is None or all(on_pooling_grid(seg) for seg in segments)
-        fixed = on_grid and (cfg.compile or (cfg.cuda_graph and y.is_cuda))
+        fixed = on_grid and self._one_shape(y.device)
         n = y.shape[0]
         copies = max(0, self.batch_tiles - n // group) if fixed else 0
         if copies:  # the last tile (its `group` items) again, up to the batch shape already compiled or captured
@@ -305,7 +310,7 @@ class TiledJPMAP(L.LightningModule):
         eagerly (see :meth:`_jpmap_per_tile`), so that one border window in a batch does not send the whole
         batch down the eager path."""
         ys, masks, segments, used = batch["y_tile"], batch.get("mask"), batch.get("segments"), batch.get("used")
-        fast = self.config.compile or (self.config.cuda_graph and ys[0].is_cuda)  # no CUDA graph on other devices
+        fast = self._one_shape(ys[0].device)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for k, y in enumerate(ys):
             cut_apart = fast and segments is not None and not on_pooling_grid(segments[k])

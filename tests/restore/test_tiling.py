@@ -435,6 +435,20 @@ def test_per_tile_divergence_guard_returns_a_drifting_tiles_smallest_residual_it
             torch.testing.assert_close(out[4.0], out[None])
 
 
+def _record_tile_jpmap_calls(monkeypatch) -> list[tuple[str, bool, int]]:
+    """The tiled loop's jpmap calls, as (prior's type, compile, batch size), in a list filled as they come."""
+    import restore.predict as predict
+
+    calls, real_jpmap = [], predict.jpmap
+
+    def recording_jpmap(y, op, prior, config, x0=None):
+        calls.append((type(prior).__name__, config.compile, y.shape[0]))
+        return real_jpmap(y, op, prior, config, x0=x0)
+
+    monkeypatch.setattr(predict, "jpmap", recording_jpmap)
+    return calls
+
+
 def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_path, clean, monkeypatch):
     """A compiled pass (or CUDA graph) is made per input shape: with one, the per-tile loop keeps the batch whole
     while its tiles stop one by one (no new shape per number of tiles still running), fills a smaller batch up to
@@ -446,12 +460,7 @@ def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_p
     import restore.jpmap as jpmap_module
     import restore.predict as predict
 
-    calls, shapes = [], []
-    real_jpmap = predict.jpmap
-
-    def recording_jpmap(y, op, prior, config, x0=None):
-        calls.append((type(prior).__name__, config.compile, y.shape[0]))
-        return real_jpmap(y, op, prior, config, x0=x0)
+    calls, shapes = _record_tile_jpmap_calls(monkeypatch), []
 
     def recording_compiled(mode):  # torch.compile's place: the eager pass, and the shapes it is asked for
         def run(prior, x, *args):
@@ -459,7 +468,6 @@ def test_compiled_tiles_keep_one_batch_shape_and_cut_windows_run_eagerly(prior_p
             return jpmap_module._decoded_pass(prior, x, *args)
         return run
 
-    monkeypatch.setattr(predict, "jpmap", recording_jpmap)
     monkeypatch.setattr(jpmap_module, "_compiled", recording_compiled)
     op = _operator("denoise")
     y = op.degrade(clean, generator=_gen(4)).float()
@@ -535,14 +543,7 @@ def test_border_windows_of_a_circular_grid_do_not_send_their_batch_down_the_eage
     import restore.predict as predict
     from restore.large_io import TensorSource
 
-    calls = []
-    real_jpmap = predict.jpmap
-
-    def recording_jpmap(y, op, prior, config, x0=None):
-        calls.append((type(prior).__name__, config.compile, y.shape[0]))
-        return real_jpmap(y, op, prior, config, x0=x0)
-
-    monkeypatch.setattr(predict, "jpmap", recording_jpmap)
+    calls = _record_tile_jpmap_calls(monkeypatch)
     monkeypatch.setattr(jpmap_module, "_compiled", lambda mode: jpmap_module._decoded_pass)
     op = _operator("blur")
     y = op.degrade(clean, generator=_gen(4)).float()
