@@ -5,7 +5,7 @@
 # 3f7cedf (eager, eager-graph and compiled rows, profiles, CUDA tests), 957fc1e (restore.py fp32 against --fast,
 # matrix-product 1x1 convolutions, 512 and 2048, compiled 1024, training with CUDA graphs: 174 images/s, bf16's
 # floor). This one is for the two targets left (6 ms at 320x448, 30% of bf16 peak at 1024x1024) and what the third
-# call's changes touch, in three parts: speed first (the targets), the others in the time left or in later sessions
+# call's changes touch, in four parts: speed first (the targets), the others in the time left or in later sessions
 # (a session has 15 minutes of device time, start-up included):
 #
 #   bash benchmarks/gpu_session.sh speed    # about 9 minutes at most (limits 170 + 290 + 90 s)
@@ -18,14 +18,20 @@
 #     3. where the compiled pass's time goes at 320x448, profiled: torch.compile default mode (no CUDA graphs, so
 #        the profiler sees Inductor's kernels) with the matrix products
 #   bash benchmarks/gpu_session.sh checks   # about 9 minutes at most (limits 110 + 60 + 60 + 120 + 200 s)
-#     4. train.py through Lightning with bf16-mixed, channels_last and torch.compile reduce-overhead (the third
-#        call's 174 images/s used the module's step directly): configs/tiny.yaml on scikit-image's photographs
+#     4. train.py through Lightning with bf16-mixed, channels_last, torch.compile reduce-overhead and the update
+#        decided on the device (model.speed.sync_free; the third call's 174 images/s used the module's step
+#        directly): configs/tiny.yaml on scikit-image's photographs
 #     5. the tiled loop on a 2048x2048 image (shipped natural prior, 16 tiles of 256 per batch, 10 iterations):
 #        fp32, --fast (graph replay now reaches the tiles) and --fast --compile reduce-overhead (one compilation
 #        per run now, not one per number of tiles still running)
-#     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products)
+#     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products,
+#        no host synchronisation in a sync-free update)
 #   bash benchmarks/gpu_session.sh sizes    # about 7.5 minutes at most (limits 250 + 200 s)
 #     7. 512x512 and 2048x2048 compiled (bf16-cl-cudagraphs-fused-mm), and 8 images of 320x448 per call, per image
+#   bash benchmarks/gpu_session.sh train    # about 7 minutes at most (limit 420 s)
+#     8. the preset's training at batch 16 of 128x128, bf16 + channels_last compiled with CUDA graphs: core step,
+#        train.py's update with the skip decision read on the host (the third call: 174 images/s) and decided on
+#        the device (speed.sync_free: the 31.7 ms from core to full were the synchronisation's share, or not)
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
 # From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
@@ -34,18 +40,19 @@
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=480)
+#   run(command="bash benchmarks/gpu_session.sh train", timeout_s=450)
 #   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs, the tiled rows a
 #   synthetic image and the shipped prior)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
-# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes). A step that fails or
+# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes, train). A step that fails or
 # runs out of time leaves its log and the next step runs.
 # Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones), for each PART:
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh PART
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-}
-if [ "$PART" != speed ] && [ "$PART" != checks ] && [ "$PART" != sizes ]; then
-    echo "usage: bash benchmarks/gpu_session.sh speed|checks|sizes (see the header)" >&2; exit 2
+if [ "$PART" != speed ] && [ "$PART" != checks ] && [ "$PART" != sizes ] && [ "$PART" != train ]; then
+    echo "usage: bash benchmarks/gpu_session.sh speed|checks|sizes|train (see the header)" >&2; exit 2
 fi
 OUT=${OUT:-out/gpu_session}
 mkdir -p "$OUT"
@@ -57,8 +64,9 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     PROFILED=(bf16-cl-fused); PROFILE_SIZES=(64x64)
     SIZED=(bf16-cl-fused-mm); SIZED_SIZES=(64x64 128x128); BATCHED=(bf16-cl-fused-mm); BATCHED_SIZE=64x64
     TRAIN=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.speed.channels_last true
-           --trainer.max_steps 10)
+           --model.speed.sync_free true --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
+    TRAIN_ROWS=(--train-variants bf16-cl --train-batch 1 --train-size 64)
     LARGE=(--accelerator cpu --processes 1 --size 256 --tile 128 --tiles-per-batch 4 --iters 2)
 else
     SPEED=(--cudnn-benchmark)
@@ -68,8 +76,11 @@ else
     SIZED=(bf16-cl-cudagraphs-fused-mm); SIZED_SIZES=(512x512 2048x2048)
     BATCHED=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); BATCHED_SIZE=320x448
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
-           --model.speed.compile true --model.speed.compile_mode reduce-overhead --trainer.max_steps 60)
-    TESTS=(tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)  # JPMAP's compiled tests, the slowest, last
+           --model.speed.compile true --model.speed.compile_mode reduce-overhead --model.speed.sync_free true
+           --trainer.max_steps 60)
+    # JPMAP's compiled tests, the slowest, last
+    TESTS=(tests/hvae/test_update.py tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)
+    TRAIN_ROWS=(--train-variants bf16-cl-cudagraphs)
     LARGE=(--accelerator gpu --processes 1 --size 2048 --tile 256 --tiles-per-batch 16 --iters 10 --prior priors/natural.pt)
 fi
 
@@ -92,6 +103,13 @@ step 290 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED
     --variants "${TUNED[@]}"
 step 90 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "${PROFILE_SIZES[@]}" \
     --variants "${PROFILED[@]}" --profile "$OUT/profile.txt"
+ls -la "$OUT"
+exit 0
+fi
+
+if [ "$PART" = train ]; then
+# 8. the preset's training rows: core, full (host decision), full sync-free (device decision)
+step 420 speed.log "$PY" benchmarks/speed_gpu.py --only train --json "$OUT/speed.json" "${SPEED[@]}" "${TRAIN_ROWS[@]}"
 ls -la "$OUT"
 exit 0
 fi

@@ -17,8 +17,9 @@ TFLOP/s and its fraction of the bf16 dense peak (``--peak-tflops``; 989 for H100
 element in bf16 and 4 in fp32 (hvae.cost.zstep_op_counts): a floor for any pass that keeps these convolutions,
 however its element-wise work is fused.
 Training rows: images/s at batch 16 of 128x128 (CPU default: batch 1 of 64x64), "core" = ELBO forward,
-backward and Adamax step; "full" adds the gradient norm (with its host synchronisation) and the EMA update;
-"full without sync" is the full step's work with the norm left on the device (no skip decision).
+backward and Adamax step; "full" is train.py's whole update after the backward (HVAEModule.apply_update: the
+gradient norm, the skip decision read on the host, the Adamax step, lr schedule and EMA); "full sync-free" the same
+update decided on the device (``model.speed.sync_free``, hvae/update.py: no host synchronisation).
 A row that runs out of memory says OOM instead of stopping the script.
 """
 
@@ -27,10 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -180,7 +180,8 @@ JPMAP_COLUMNS = [("size", "size", "s"), ("variant", "variant", "s"), ("ms/iter",
                  ("conv traffic ms", "conv_traffic_ms", ".2f")]
 TRAIN_COLUMNS = [("training batch", "size", "s"), ("variant", "variant", "s"), ("core ms/step", "core_ms", ",.1f"),
                  ("core images/s", "core_images_per_s", ".1f"), ("full ms/step", "full_ms", ",.1f"),
-                 ("full images/s", "full_images_per_s", ".1f"), ("full without sync ms", "nosync_ms", ",.1f"),
+                 ("full images/s", "full_images_per_s", ".1f"), ("full sync-free ms", "syncfree_ms", ",.1f"),
+                 ("full sync-free images/s", "syncfree_images_per_s", ".1f"),
                  ("peak GiB", "peak_gib", ".2f"),
                  ("GFLOP/step", "gflop_per_step", ",.0f"), ("TFLOP/s (core)", "tflops", ".3g"),
                  ("% of bf16 peak", "peak_pct", ".1f")]
@@ -328,7 +329,8 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
                             compile_mode=variant.compile_mode or "default")
         module = HVAEModule(arch, OptimConfig(optimizer="adamax"), speed=speed).to(device)
         module.setup("fit")
-        opt = module.configure_optimizers()["optimizer"]
+        optimizers = module.configure_optimizers()
+        opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
         x = torch.rand(batch, arch.image_channels, size, size, device=device)
 
         def core() -> None:
@@ -338,15 +340,13 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
             loss.backward()
             opt.step()
 
-        def full(sync: bool = True) -> None:
+        def full(sync_free: bool = False) -> None:
+            module.speed = replace(speed, sync_free=sync_free)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
                 loss = module._elbo(x).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(module.model.parameters(), float("inf"), foreach=True)
-            if not sync or math.isfinite(float(norm)):  # the skip decision's host synchronisation, as in training
-                opt.step()
-                module.update_ema()
+            module.apply_update(opt, sched)  # train.py's update: clipping, skip decision, step, schedule, EMA
 
         _reset_peak(device)
         start = time.perf_counter()
@@ -354,9 +354,9 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
             core()
         _sync(device)
         row["warmup_s"] = time.perf_counter() - start
-        # "nosync": the full step's work without reading the norm on the host (no skip decision): how much of the
-        # core-to-full difference is the synchronisation, how much the norm and EMA themselves
-        for name, fn in (("core", core), ("full", full), ("nosync", lambda: full(sync=False))):
+        # "syncfree": the same update decided on the device: how much of the core-to-full difference is the
+        # host synchronisation, how much the norm, schedule and EMA themselves
+        for name, fn in (("core", core), ("full", full), ("syncfree", lambda: full(sync_free=True))):
             fn()
             _sync(device)
             start = time.perf_counter()
@@ -371,7 +371,7 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
         row["peak_pct"] = 100 * row["tflops"] / peak_tflops if peak_tflops else None
         if profile is not None:  # after the timing, so that it does not disturb it; the full steps too: what
             with profile.open("a") as f:  # runs between the skip decision's synchronisation and the next step
-                for name, fn in (("core", core), ("full", full)):
+                for name, fn in (("core", core), ("full", full), ("syncfree", lambda: full(sync_free=True))):
                     title = f"training {batch}x{size}x{size} {variant.name}: 2 {name} steps"
                     f.write(profile_tables(lambda step=fn: [step() for _ in range(2)], device, title))
     except Exception as err:  # noqa: BLE001

@@ -18,6 +18,7 @@ from torch import Tensor
 from .config import ConfigError, HVAEConfig
 from .export import atomic_torch_save, export_prior, unreadable_checkpoint
 from .model import HierarchicalVAE
+from .update import DeviceUpdate
 
 
 @dataclass(frozen=True)
@@ -72,17 +73,23 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    """Throughput settings of training; none changes what is computed beyond floating-point rounding.
+    """Throughput settings of training; none but ``sync_free`` changes what is computed beyond floating-point rounding.
 
-    The defaults are safe everywhere (CPU included); on a tensor-core GPU use channels_last and compile
+    The defaults are safe everywhere (CPU included); on a tensor-core GPU use channels_last, compile and sync_free
     (with ``trainer.precision: bf16-mixed``). The optimiser uses torch's fused kernel where one exists for it
     and the parameters are on CUDA (AdamW), otherwise its multi-tensor (foreach) kernel (Adamax).
+
+    ``sync_free``: the skip decision, its counters and the logged values stay on the device, so a step never waits
+    for the GPU (:mod:`hvae.update`); a skipped update is undone there. The lr schedule and the optimiser's step
+    count then advance on every batch, skipped or not (vdvae's convention; ``global_step`` counts batches), the
+    progress bar's bits/dim and the lr, skip counters and divergence check are read every ``log_every_n_steps``.
     """
 
     channels_last: bool = False  # weights and batches in NHWC memory layout
     compile: bool = False  # torch.compile the model's ELBO (forward; backward through AOTAutograd)
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead", "max-autotune"
     fused_optimizer: bool = True  # fused optimiser kernel where available (CUDA, AdamW)
+    sync_free: bool = False  # decide skipped updates on the device: no host synchronisation in a training step
 
     def __post_init__(self) -> None:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -118,6 +125,7 @@ class HVAEModule(L.LightningModule):
         self.skipped_total = 0
         self.consecutive_skips = 0
         self.consecutive_nonfinite = 0
+        self._device_update: DeviceUpdate | None = None  # speed.sync_free: the counters live there between reads
         self.last_val_bpd: float | None = None
         if init_from:  # here, so that a bad file stops the run before it writes anything; --ckpt_path overrides it
             self._warm_start(Path(init_from))
@@ -172,7 +180,46 @@ class HVAEModule(L.LightningModule):
         out = self._elbo(x)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.loss)
+        norm, skipped = self.apply_update(opt, sched)
+        bs = x.shape[0]
+        bpd = out.bits_per_dim.mean()
+        self.log_dict({"train/loss": out.loss, "train/bits_per_dim": bpd,
+                       "train/nats_per_dim": out.nats_per_dim.mean(), "train/recon_per_dim": out.recon_per_dim.mean(),
+                       "train/kl_per_dim": out.kl_per_group.sum(1).mean(),
+                       "train/decoder_gamma": self.model.decoder_gamma().detach().mean()},
+                      prog_bar=False, batch_size=bs, sync_dist=False)
+        reading = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        if self.speed.sync_free:  # device values every step; host values (one read each) every log_every_n_steps
+            norm, skipped = torch.where(norm.isfinite(), norm, -1.0), skipped.float()
+            if reading:
+                self.read_update_counters()  # stops a diverged run
+        else:
+            norm, skipped = (norm if math.isfinite(norm) else -1.0), float(skipped)
+        self.log_dict({"train/grad_norm": norm, "train/skipped": skipped}, batch_size=bs)
+        if reading or not self.speed.sync_free:
+            self.log("train/bpd", bpd.detach().cpu(), prog_bar=True, batch_size=bs, logger=False)
+            self.log_dict({"train/skipped_total": float(self.skipped_total), "train/lr": sched.get_last_lr()[0]},
+                          batch_size=bs)
+        if reading:
+            kl = out.kl_per_group.mean(0)
+            self.log_dict({f"kl/group_{i:02d}": v for i, v in enumerate(kl)}, batch_size=bs)
+        return out.loss.detach()
+
+    def apply_update(self, opt, sched) -> tuple[Tensor | float, Tensor | bool]:
+        """Clips the gradients of the last backward, decides whether to skip the update, steps the optimiser, the
+        lr schedule and the EMA (OptimConfig's rule). Returns the gradient norm before clipping and whether the
+        update was skipped: host values, or with ``speed.sync_free`` 0-d device tensors (no host read)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.speed.sync_free:
+            if self._device_update is None:
+                o = self.optim
+                self._device_update = DeviceUpdate(o.skip_threshold, o.max_consecutive_skips, o.grad_clip,
+                                                   o.ema_decay, self.skipped_total, self.consecutive_skips,
+                                                   self.consecutive_nonfinite)
+            norm, applied = self._device_update(params, opt, list(self.ema.parameters()),
+                                                list(self.model.parameters()))
+            sched.step()
+            return norm, ~applied
         max_norm = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # norm before clipping
         # the step's one host synchronisation (the skip decision); identical on every rank: gradients are all-reduced
@@ -185,29 +232,31 @@ class HVAEModule(L.LightningModule):
             self.skipped_total += 1
             self.consecutive_skips += 1
             self.consecutive_nonfinite = 0 if finite else self.consecutive_nonfinite + 1
-            if self.consecutive_nonfinite >= self.optim.max_consecutive_skips:
-                raise FloatingPointError(
-                    f"{self.consecutive_nonfinite} consecutive non-finite gradients: training diverged; "
-                    "lower optim.lr or resume from an earlier checkpoint")
+            self._check_divergence()
         else:
             opt.step()
             sched.step()
             self.consecutive_skips = 0
             self.consecutive_nonfinite = 0
             self.update_ema()
-        bs = x.shape[0]
-        self.log_dict({"train/loss": out.loss, "train/bits_per_dim": out.bits_per_dim.mean(),
-                       "train/nats_per_dim": out.nats_per_dim.mean(), "train/recon_per_dim": out.recon_per_dim.mean(),
-                       "train/kl_per_dim": out.kl_per_group.sum(1).mean()},
-                      prog_bar=False, batch_size=bs, sync_dist=False)
-        self.log("train/bpd", out.bits_per_dim.mean(), prog_bar=True, batch_size=bs, logger=False)
-        self.log_dict({"train/grad_norm": norm if finite else -1.0, "train/skipped_total": float(self.skipped_total),
-                       "train/skipped": float(skip), "train/lr": sched.get_last_lr()[0],
-                       "train/decoder_gamma": self.model.decoder_gamma().detach().mean()}, batch_size=bs)
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            kl = out.kl_per_group.mean(0)
-            self.log_dict({f"kl/group_{i:02d}": v for i, v in enumerate(kl)}, batch_size=bs)
-        return out.loss.detach()
+        return norm, skip
+
+    def read_update_counters(self, check: bool = True) -> None:
+        """With ``speed.sync_free``: copies the device's skip counters to this module (one host read); ``check``:
+        stops training when as many non-finite gradients in a row as ``max_consecutive_skips`` were seen."""
+        if self._device_update is not None:
+            self.skipped_total, self.consecutive_skips, self.consecutive_nonfinite = self._device_update.counts()
+            if check:
+                self._check_divergence()
+
+    def on_train_end(self) -> None:
+        self.read_update_counters(check=False)
+
+    def _check_divergence(self) -> None:
+        if self.consecutive_nonfinite >= self.optim.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{self.consecutive_nonfinite} consecutive non-finite gradients: training diverged; "
+                "lower optim.lr or resume from an earlier checkpoint")
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -248,6 +297,7 @@ class HVAEModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.read_update_counters(check=False)
         checkpoint["hvae_config"] = self.arch.to_dict()
         checkpoint["optim_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.optim).items()}
         checkpoint["update_counters"] = {"skipped_total": self.skipped_total,
@@ -263,9 +313,11 @@ class HVAEModule(L.LightningModule):
         self.skipped_total = int(counters.get("skipped_total", 0))
         self.consecutive_skips = int(counters.get("consecutive_skips", 0))
         self.consecutive_nonfinite = int(counters.get("consecutive_nonfinite", 0))
+        self._device_update = None  # rebuilt from these at the next step
 
     def export(self, path: str | Path) -> Path:
         """Half-precision EMA weights and the config, loadable by :func:`hvae.export.load_prior`."""
+        self.read_update_counters(check=False)
         meta = {"global_step": self.optim.start_step + int(self.global_step), "skipped_total": self.skipped_total}
         if self.last_val_bpd is not None:
             meta["val_bits_per_dim"] = self.last_val_bpd
@@ -295,10 +347,10 @@ class ExportPrior(L.Callback):
 
 class TrainingSpeed(L.Callback):
     """Logs the training pace every ``trainer.log_every_n_steps`` batches: ``speed/images_per_s`` (all ranks
-    together) and ``speed/ms_per_batch``, from the wall time of the window since the last logging point. No extra
-    host synchronisation: the step's skip decision synchronises once per step, so the clock is at most one step
-    off over a window. A window starts after a batch has ended, so neither the first batch (compilation, cuDNN's
-    autotuning) nor validation is in one."""
+    together) and ``speed/ms_per_batch``, from the wall time of the window since the last logging point. The clock
+    is read after waiting for the device, once per window (the host may run several steps ahead of a GPU, with
+    ``speed.sync_free`` above all). A window starts after a batch has ended, so neither the first batch
+    (compilation, cuDNN's autotuning) nor validation is in one."""
 
     def __init__(self) -> None:
         self._start: float | None = None
@@ -311,13 +363,16 @@ class TrainingSpeed(L.Callback):
         self._start = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
         if self._start is not None:
             # DDP: every rank trains on a batch of this size
             self._images += images_of(batch).shape[0] * trainer.world_size
             self._batches += 1
             if self._batches < max(1, trainer.log_every_n_steps):
                 return
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        now = time.perf_counter()
+        if self._start is not None:
             elapsed = now - self._start
             if trainer.is_global_zero:
                 metrics = {"speed/images_per_s": self._images / elapsed,

@@ -33,15 +33,16 @@ def test_cpu_rows_are_measured_and_written_to_json(tmp_path):
                                                          ("train", "bf16-cl")]
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
     assert all(r["ms_per_iter"] > 0 for r in rows if r["kind"] == "jpmap")
-    assert all(r["core_ms"] > 0 and r["full_ms"] > 0 and r["nosync_ms"] > 0 for r in rows if r["kind"] == "train")
+    assert all(r["core_ms"] > 0 and r["full_ms"] > 0 and r["syncfree_ms"] > 0 for r in rows if r["kind"] == "train")
     titles = [line for line in profile.read_text().splitlines() if line.startswith("## ")]
     assert titles == ["## JPMAP 32x32 fp32: 2 iterations", "## JPMAP 32x32 fp32-cl: 2 iterations",
                       "## JPMAP 32x32 bf16-cl: 2 iterations", "## training 2x32x32 fp32: 2 core steps",
-                      "## training 2x32x32 fp32: 2 full steps", "## training 2x32x32 bf16-cl: 2 core steps",
-                      "## training 2x32x32 bf16-cl: 2 full steps"]
+                      "## training 2x32x32 fp32: 2 full steps", "## training 2x32x32 fp32: 2 syncfree steps",
+                      "## training 2x32x32 bf16-cl: 2 core steps", "## training 2x32x32 bf16-cl: 2 full steps",
+                      "## training 2x32x32 bf16-cl: 2 syncfree steps"]
     assert "aten::convolution" in profile.read_text()
     families = [line for line in profile.read_text().splitlines() if line.startswith("operator self CPU time")]
-    assert len(families) == 7  # one per profiled JPMAP row, two per training row
+    assert len(families) == 9  # one per profiled JPMAP row, three per training row
     for line in families:  # the families and "other" share all of the operators' time; convolutions take some
         found = re.findall(r"([a-z ,()]+) (\d+)%", line.split(": ", 1)[1])
         shares = {name.strip(): float(pct) for name, pct in found}

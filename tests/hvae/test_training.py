@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hvae.export import export_prior, load_prior
-from hvae.module import HVAEModule, OptimConfig
+from hvae.module import HVAEModule, OptimConfig, SpeedConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1",
@@ -86,16 +86,22 @@ def test_resume_continues_step_count(trained):
     assert state["lr_schedulers"][0]["last_epoch"] == 9
 
 
-def test_ddp_two_cpu_processes(tmp_path):
-    proc = _train(tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4")
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_ddp_two_cpu_processes(tmp_path, sync_free):
+    proc = _train(tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4",
+                  "--model.speed.sync_free", str(sync_free).lower(), "--trainer.log_every_n_steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = torch.load(_version_dir(tmp_path) / "prior.pt", weights_only=True)["meta"]
-    assert meta["global_step"] == 4
+    assert meta["global_step"] == 4 and meta["skipped_total"] == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ea = EventAccumulator(str(_version_dir(tmp_path)), size_guidance={"scalars": 0})
     ea.Reload()
     pace, ms = ea.Scalars("speed/images_per_s"), ea.Scalars("speed/ms_per_batch")
     assert pace and all(abs(p.value * m.value / 1e3 - 8) < 1e-3 for p, m in zip(pace, ms))  # 2 ranks x batch 4
+    for tag in ("train/grad_norm", "train/skipped", "train/skipped_total", "train/lr", "kl/group_00"):
+        assert [e.step for e in ea.Scalars(tag)] == [1, 3], tag  # logged every 2 steps, with the device's counters
+    assert all(e.value > 0 for e in ea.Scalars("train/grad_norm"))
+    assert all(e.value == 0 for e in ea.Scalars("train/skipped_total") + ea.Scalars("train/skipped"))
 
 
 def test_bad_config_key_fails_with_a_message(tmp_path):
@@ -115,32 +121,58 @@ class _Batches(torch.utils.data.Dataset):
         return x * float("nan") if i in self.nan_at else x
 
 
-def _fit(tmp_path, module, n_batches, nan_at=()):
+def _fit(tmp_path, module, n_batches, nan_at=(), log_every=50):
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        log_every_n_steps=log_every)
     trainer.fit(module, DataLoader(_Batches(n_batches, set(nan_at)), batch_size=1))
     return trainer
 
 
-def test_nan_gradient_is_skipped_counted_and_training_goes_on(tmp_path, tiny_config):
-    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1))
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_nan_gradient_is_skipped_counted_and_training_goes_on(tmp_path, tiny_config, sync_free):
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=sync_free))
     trainer = _fit(tmp_path, module, 6, nan_at={2})
-    assert module.skipped_total == 1 and trainer.global_step == 5
+    # global_step counts applied updates with the host decision, batches with the device one
+    assert module.skipped_total == 1 and trainer.global_step == (6 if sync_free else 5)
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     assert all(torch.isfinite(p).all() for p in module.ema.parameters())
 
 
-def test_too_low_threshold_cannot_stall_training(tmp_path, tiny_config):
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_too_low_threshold_cannot_stall_training(tmp_path, tiny_config, sync_free):
     optim = OptimConfig(warmup_steps=1, skip_threshold=1e-9, max_consecutive_skips=2)
-    module = HVAEModule(tiny_config, optim)
+    module = HVAEModule(tiny_config, optim, speed=SpeedConfig(sync_free=sync_free))
     trainer = _fit(tmp_path, module, 9)
-    assert trainer.global_step == 3 and module.skipped_total == 6  # every third update goes through
+    # every third update goes through
+    assert trainer.global_step == (9 if sync_free else 3) and module.skipped_total == 6
 
 
 def test_persistent_nan_stops_training_with_a_clear_error(tmp_path, tiny_config):
     module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1, max_consecutive_skips=3))
     with pytest.raises(FloatingPointError, match="consecutive non-finite"):
         _fit(tmp_path, module, 6, nan_at={0, 1, 2, 3, 4, 5})
+
+
+def test_sync_free_persistent_nan_stops_training_at_the_next_read(tmp_path, tiny_config):
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1, max_consecutive_skips=3),
+                        speed=SpeedConfig(sync_free=True))
+    steps = []
+    module.on_train_batch_end = lambda *a: steps.append(module.global_step)
+    with pytest.raises(FloatingPointError, match="4 consecutive non-finite"):
+        _fit(tmp_path, module, 12, nan_at=set(range(12)), log_every=4)
+    assert steps == [1, 2, 3]  # read after the 4th batch (global_step 4): 4 non-finite in a row >= 3
+
+
+def test_sync_free_checkpoint_carries_the_device_counters(tmp_path, tiny_config):
+    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=True))
+    _fit(tmp_path, module, 5, nan_at={1, 4})
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["update_counters"] == {"skipped_total": 2, "consecutive_skips": 1, "consecutive_nonfinite": 1}
+    resumed = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=True))
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.skipped_total == 2 and resumed.consecutive_nonfinite == 1
 
 
 def test_schedule_with_start_step_is_the_same_schedule_after_a_short_warm_up():
