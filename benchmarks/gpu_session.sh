@@ -28,10 +28,11 @@
 #        no host synchronisation in a sync-free update)
 #   bash benchmarks/gpu_session.sh sizes    # about 7.5 minutes at most (limits 250 + 200 s)
 #     7. 512x512 and 2048x2048 compiled (bf16-cl-cudagraphs-fused-mm), and 8 images of 320x448 per call, per image
-#   bash benchmarks/gpu_session.sh train    # about 7 minutes at most (limit 420 s)
+#   bash benchmarks/gpu_session.sh train    # about 9.5 minutes at most (limits 400 + 170 s)
 #     8. the preset's training at batch 16 of 128x128, bf16 + channels_last compiled with CUDA graphs: core step,
 #        train.py's update with the skip decision read on the host (the third call: 174 images/s) and decided on
 #        the device (speed.sync_free: the 31.7 ms from core to full were the synchronisation's share, or not)
+#     9. train.py on the preset with the same settings through Lightning, as a user runs it: its logged pace
 # benchmarks/gpu_train.sh (the face prior) needs a session of its own.
 #
 # From this machine (the device tool's run), carrying the wheels the device's python lacks (jsonargparse for
@@ -40,11 +41,12 @@
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=480)
-#   run(command="bash benchmarks/gpu_session.sh train", timeout_s=450)
+#   run(command="bash benchmarks/gpu_session.sh train", carry=[".whl"], timeout_s=590)
 #   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs, the tiled rows a
 #   synthetic image and the shipped prior)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
-# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes, train). A step that fails or
+# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes); gpu.txt,
+# speed.json, speed.log, train.log (train). A step that fails or
 # runs out of time leaves its log and the next step runs.
 # Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones), for each PART:
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh PART
@@ -67,6 +69,9 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
            --model.speed.sync_free true --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
     TRAIN_ROWS=(--train-variants bf16-cl --train-batch 1 --train-size 64)
+    PRESET=(--trainer.accelerator cpu --model.speed.channels_last true --model.speed.sync_free true
+            --trainer.max_steps 3 --data.init_args.batch_size 1 --data.init_args.patch_size 64
+            --data.init_args.num_workers 0)
     LARGE=(--accelerator cpu --processes 1 --size 256 --tile 128 --tiles-per-batch 4 --iters 2)
 else
     SPEED=(--cudnn-benchmark)
@@ -81,11 +86,26 @@ else
     # JPMAP's compiled tests, the slowest, last
     TESTS=(tests/hvae/test_update.py tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)
     TRAIN_ROWS=(--train-variants bf16-cl-cudagraphs)
+    PRESET=(--trainer.accelerator gpu --model.speed.channels_last true --model.speed.compile true
+            --model.speed.compile_mode reduce-overhead --model.speed.sync_free true --trainer.max_steps 500
+            --data.init_args.batch_size 16 --data.init_args.num_workers 6)
     LARGE=(--accelerator gpu --processes 1 --size 2048 --tile 256 --tiles-per-batch 16 --iters 10 --prior priors/natural.pt)
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi";
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$OUT/gpu.txt"
+
+summarise() {  # summarise RUN_DIR LOG: a train.py run's logged losses and pace, first and last values
+"$PY" - "$1" >> "$OUT/$2" 2>&1 <<'PYEOF'
+import glob, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursive=True)):
+    acc = EventAccumulator(path); acc.Reload()
+    for tag in [t for t in acc.Tags()["scalars"] if "loss" in t or "speed/" in t or "skipped_total" in t]:
+        values = [e.value for e in acc.Scalars(tag)]
+        print(f"# {tag}: {len(values)} values, first {values[0]:.4g}, last {values[-1]:.4g}, all {values}")
+PYEOF
+}
 
 step() {  # step SECONDS LOG COMMAND...: run with a time limit, log its output, note its exit status
     local limit=$1 log=$2; shift 2
@@ -109,7 +129,13 @@ fi
 
 if [ "$PART" = train ]; then
 # 8. the preset's training rows: core, full (host decision), full sync-free (device decision)
-step 420 speed.log "$PY" benchmarks/speed_gpu.py --only train --json "$OUT/speed.json" "${SPEED[@]}" "${TRAIN_ROWS[@]}"
+step 400 speed.log "$PY" benchmarks/speed_gpu.py --only train --json "$OUT/speed.json" "${SPEED[@]}" "${TRAIN_ROWS[@]}"
+# 9. train.py as a user runs it on the preset (scikit-image's photographs, batch 16 of 128x128 patches): the pace
+#    TrainingSpeed logs every 50 steps, after a compilation that Inductor's cache may shorten after step 8
+rm -rf /tmp/gpu_session_preset
+step 170 train.log "$PY" train.py fit --config configs/patchvdvae.yaml "${PRESET[@]}" --data.init_args.root builtin \
+    --trainer.log_every_n_steps 50 --trainer.enable_progress_bar false --trainer.default_root_dir /tmp/gpu_session_preset
+summarise /tmp/gpu_session_preset train.log
 ls -la "$OUT"
 exit 0
 fi
@@ -131,15 +157,7 @@ fi
 rm -rf /tmp/gpu_session_tiny
 step 110 train.log "$PY" train.py fit --config configs/tiny.yaml "${TRAIN[@]}" --trainer.val_check_interval 20 \
     --trainer.log_every_n_steps 5 --trainer.enable_progress_bar false --trainer.default_root_dir /tmp/gpu_session_tiny
-"$PY" - /tmp/gpu_session_tiny >> "$OUT/train.log" 2>&1 <<'PYEOF'
-import glob, sys
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-for path in sorted(glob.glob(sys.argv[1] + "/**/events.out.tfevents.*", recursive=True)):
-    acc = EventAccumulator(path); acc.Reload()
-    for tag in [t for t in acc.Tags()["scalars"] if "loss" in t or "speed/" in t]:
-        values = [e.value for e in acc.Scalars(tag)]
-        print(f"# {tag}: {len(values)} values, first {values[0]:.4g}, last {values[-1]:.4g}")
-PYEOF
+summarise /tmp/gpu_session_tiny train.log
 
 # 5. the tiled loop, fp32 against the fast paths
 step 60 large.log "$PY" benchmarks/restore_large.py "${LARGE[@]}"
