@@ -329,8 +329,12 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
                             compile_mode=variant.compile_mode or "default")
         module = HVAEModule(arch, OptimConfig(optimizer="adamax"), speed=speed).to(device)
         module.setup("fit")
-        optimizers = module.configure_optimizers()
-        opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+        updates = {}  # sync_free -> (optimiser, schedule) as train.py builds them (capturable Adamax sync-free)
+        for sync_free in (False, True):
+            module.speed = replace(speed, sync_free=sync_free)
+            optimizers = module.configure_optimizers()
+            updates[sync_free] = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+        opt = updates[False][0]
         x = torch.rand(batch, arch.image_channels, size, size, device=device)
 
         def core() -> None:
@@ -342,11 +346,12 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
 
         def full(sync_free: bool = False) -> None:
             module.speed = replace(speed, sync_free=sync_free)
+            optimizer, schedule = updates[sync_free]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
                 loss = module._elbo(x).loss
-            opt.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            module.apply_update(opt, sched)  # train.py's update: clipping, skip decision, step, schedule, EMA
+            module.apply_update(optimizer, schedule)  # train.py's update: clipping, skip, step, schedule, EMA
 
         _reset_peak(device)
         start = time.perf_counter()

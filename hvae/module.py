@@ -79,10 +79,12 @@ class SpeedConfig:
     (with ``trainer.precision: bf16-mixed``). The optimiser uses torch's fused kernel where one exists for it
     and the parameters are on CUDA (AdamW), otherwise its multi-tensor (foreach) kernel (Adamax).
 
-    ``sync_free``: the skip decision, its counters and the logged values stay on the device, so a step never waits
-    for the GPU (:mod:`hvae.update`); a skipped update is undone there. The lr schedule and the optimiser's step
-    count then advance on every batch, skipped or not (vdvae's convention; ``global_step`` counts batches), the
-    progress bar's bits/dim and the lr, skip counters and divergence check are read every ``log_every_n_steps``.
+    ``sync_free``: the skip decision, its counters and the logged values stay on the device, so a step does not
+    wait for the GPU (:mod:`hvae.update`; on several GPUs, Lightning's DDP loop still reads a broadcast flag on the
+    host every batch); a skipped update is undone there. The lr schedule then advances on every batch, skipped or
+    not (as in vdvae; ``global_step`` counts batches); the progress bar's bits/dim and the lr, skip counters and
+    divergence check are read when Lightning writes its logs (every ``log_every_n_steps``). Not with fp16's
+    gradient scaler (``16-mixed``).
     """
 
     channels_last: bool = False  # weights and batches in NHWC memory layout
@@ -135,9 +137,11 @@ class HVAEModule(L.LightningModule):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         cls = torch.optim.Adamax if o.optimizer == "adamax" else torch.optim.AdamW
-        fused = (self.speed.fused_optimizer and "fused" in inspect.signature(cls).parameters
-                 and all(p.device.type == "cuda" for p in params))
+        on_cuda = all(p.device.type == "cuda" for p in params)
+        fused = self.speed.fused_optimizer and "fused" in inspect.signature(cls).parameters and on_cuda
         kernel = {"fused": True} if fused else {"foreach": True}
+        if self.speed.sync_free and on_cuda and not fused:  # the step count on the device, where a skip undoes it
+            kernel["capturable"] = True
         opt = cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kernel)
 
         def factor(step: int) -> float:  # a plain function: rebuilt from the config on resume
@@ -147,6 +151,10 @@ class HVAEModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
+        trainer = self._trainer  # None when set up by hand (benchmarks)
+        if self.speed.sync_free and getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None:
+            raise ConfigError("model.speed.sync_free does not go with trainer.precision 16-mixed: its gradient scaler "
+                              "reads the device every step; use bf16-mixed or 32")
         if self.speed.channels_last:  # in place, before the optimiser is built: it keeps the same parameters
             self.model.to(memory_format=torch.channels_last)
             self.ema.to(memory_format=torch.channels_last)
@@ -188,7 +196,7 @@ class HVAEModule(L.LightningModule):
                        "train/kl_per_dim": out.kl_per_group.sum(1).mean(),
                        "train/decoder_gamma": self.model.decoder_gamma().detach().mean()},
                       prog_bar=False, batch_size=bs, sync_dist=False)
-        reading = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        reading = self.trainer._logger_connector.should_update_logs  # Lightning writes its logs after this step
         if self.speed.sync_free:  # device values every step; host values (one read each) every log_every_n_steps
             norm, skipped = torch.where(norm.isfinite(), norm, -1.0), skipped.float()
             if reading:

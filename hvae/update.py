@@ -10,16 +10,18 @@ Deciding on the host reads ``n`` once per step (a synchronisation that empties t
 for the next step is no longer hidden behind the GPU's). :class:`DeviceUpdate` keeps ``apply`` a 0-d bool tensor:
 
 1. ``g <- g if apply else 0``, non-finite values included (one concatenation, one select, one multi-tensor copy);
-2. the weights and the optimiser's moments are copied, the optimiser steps, and
-   ``t <- t * apply + saved * (1 - apply)`` puts them back when ``apply`` is false (exact for 0/1 factors: the
-   step from zero gradients is finite);
+2. the weights and the optimiser's state on their device (its moments, and its step count where that lives on the
+   device: always on a CPU, on CUDA with a fused or ``capturable`` optimiser, which HVAEModule asks for) are copied,
+   the optimiser steps, and ``t <- t * apply + saved * (1 - apply)`` puts them back when ``apply`` is false (the
+   same values: 0/1 factors, and the step from zero gradients is finite; a -0.0 may come back as +0.0);
 3. ``ema <- ema + (1 - decay) apply (theta - ema)``;
 4. the counters (skipped in all, skipped in a row, non-finite in a row) are device tensors too.
 
-What differs from the host decision: the optimiser's step count (Adamax and AdamW's bias correction) and the lr
-schedule advance on every batch, skipped or not (vdvae's convention), so Lightning's ``global_step`` counts
-batches; the counters reach the host when :meth:`DeviceUpdate.counts` is read (the module reads them every
-``log_every_n_steps`` steps, so consecutive non-finite gradients stop training there rather than at once).
+What differs from the host decision: the lr schedule advances on every batch, skipped or not (as in vdvae, whose
+scheduler steps on every batch and its optimiser only on the updates it applies), and so does Lightning's
+``global_step``; the counters reach the host when :meth:`DeviceUpdate.counts` is read (the module reads them when
+Lightning writes its logs, every ``log_every_n_steps`` steps, so consecutive non-finite gradients stop training
+there rather than at once).
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ class DeviceUpdate:
 
     @staticmethod
     def _device_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
-        """The weights and the optimiser's per-weight state (its moments; not its step count), in a fixed order."""
+        """The weights and the optimiser's per-weight state on their device, in a fixed order."""
         out = list(params)
         for p in params:
-            for key, value in optimizer.state.get(p, {}).items():
-                if key != "step" and isinstance(value, Tensor) and value.device == p.device:
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, Tensor) and value.device == p.device:
                     out.append(value)
         return out
 
@@ -86,7 +88,7 @@ class DeviceUpdate:
         params = [p for p in params if p.grad is not None]
         device = params[0].device
         if self._counts is None:
-            self._counts = torch.tensor(self._start, dtype=torch.int64, device=device)
+            self._counts = torch.tensor(self._start, dtype=torch.int64).to(device, non_blocking=True)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # [], before clipping
         finite = torch.isfinite(norm)
@@ -104,7 +106,7 @@ class DeviceUpdate:
         after = self._device_state(optimizer, params)
         keep, undo = apply.to(torch.float32), (~apply).to(torch.float32)
         known = {id(t) for t in before}
-        new = [t for t in after if id(t) not in known]  # state the first step created: undone to its zeros
+        new = [t for t in after if id(t) not in known]  # state the first step created: undone to zeros
         torch._foreach_mul_(before + new, keep)
         torch._foreach_mul_(self._saved, undo)
         torch._foreach_add_(before, self._saved)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from hvae.config import ConfigError
 from hvae.export import export_prior, load_prior
 from hvae.module import HVAEModule, OptimConfig, SpeedConfig
 
@@ -164,15 +165,37 @@ def test_sync_free_persistent_nan_stops_training_at_the_next_read(tmp_path, tiny
     assert steps == [1, 2, 3]  # read after the 4th batch (global_step 4): 4 non-finite in a row >= 3
 
 
-def test_sync_free_checkpoint_carries_the_device_counters(tmp_path, tiny_config):
-    module = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=True))
-    _fit(tmp_path, module, 5, nan_at={1, 4})
-    checkpoint = {}
-    module.on_save_checkpoint(checkpoint)
-    assert checkpoint["update_counters"] == {"skipped_total": 2, "consecutive_skips": 1, "consecutive_nonfinite": 1}
-    resumed = HVAEModule(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=True))
-    resumed.on_load_checkpoint(checkpoint)
-    assert resumed.skipped_total == 2 and resumed.consecutive_nonfinite == 1
+def test_sync_free_logs_device_tensors_between_the_steps_lightning_writes(tmp_path, tiny_config):
+    """Between two of Lightning's log writes a step logs no Python number (each would be copied to the GPU, which
+    waits for it) and no progress-bar tensor of the device (Lightning turns those into numbers every batch)."""
+    logged = []  # (batch, name, value, prog_bar)
+
+    class Watched(HVAEModule):
+        def log(self, name, value, *args, prog_bar=False, **kwargs):
+            logged.append((self.trainer.fit_loop.epoch_loop._batches_that_stepped, name, value, prog_bar))
+            super().log(name, value, *args, prog_bar=prog_bar, **kwargs)
+
+    module = Watched(tiny_config, OptimConfig(warmup_steps=1), speed=SpeedConfig(sync_free=True))
+    _fit(tmp_path, module, 7, log_every=3)
+    written = {2, 5}  # Lightning writes after the 3rd and the 6th batch
+    assert {b for b, *_ in logged} == set(range(7))
+    for batch, name, value, prog_bar in logged:
+        if batch not in written:
+            assert isinstance(value, torch.Tensor) and not prog_bar, (batch, name)
+    for batch in written:
+        names = {name for b, name, *_ in logged if b == batch}
+        assert {"train/lr", "train/skipped_total", "train/bpd", "kl/group_00", "train/grad_norm"} <= names
+        assert [p for b, name, _, p in logged if b == batch and name == "train/bpd"] == [True]
+
+
+def test_sync_free_refuses_a_gradient_scaler(tmp_path, tiny_config):
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    module = HVAEModule(tiny_config, OptimConfig(), speed=SpeedConfig(sync_free=True))
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))])
+    with pytest.raises(ConfigError, match="16-mixed"):
+        trainer.fit(module, DataLoader(_Batches(2, set()), batch_size=1))
 
 
 def test_schedule_with_start_step_is_the_same_schedule_after_a_short_warm_up():

@@ -39,9 +39,15 @@ def _step(module, opt, sched, x, scale=1.0):
 
 
 def _state(module, opt):
-    moments = [v.clone() for p in module.model.parameters() for k, v in opt.state.get(p, {}).items() if k != "step"]
-    return ([p.detach().clone() for p in module.model.parameters()], moments,
+    """Weights, the optimiser's state (moments and step counts) and the EMA."""
+    optimizer_state = [v.clone() for p in module.model.parameters() for v in opt.state.get(p, {}).values()]
+    return ([p.detach().clone() for p in module.model.parameters()], optimizer_state,
             [p.detach().clone() for p in module.ema.parameters()])
+
+
+def _assert_close(a, b):
+    for u, v in zip(a, b):
+        assert len(u) == len(v) and all(torch.allclose(s, t, rtol=1e-5, atol=1e-7) for s, t in zip(u, v))
 
 
 @pytest.mark.parametrize("optimizer", ["adamax", "adamw"])
@@ -52,8 +58,7 @@ def test_without_skips_the_device_decision_is_the_host_one(tiny_config, optimize
         norm_h, skip_h = _step(*host, x)
         norm_d, skip_d = _step(*device, x)
         assert torch.is_tensor(norm_d) and norm_d.item() == pytest.approx(norm_h, rel=1e-6) and not skip_d and not skip_h
-    for a, b in zip(_state(host[0], host[1]), _state(device[0], device[1])):
-        assert len(a) == len(b) and all(torch.allclose(u, v, rtol=1e-5, atol=1e-7) for u, v in zip(a, b))
+    _assert_close(_state(host[0], host[1]), _state(device[0], device[1]))
 
 
 @pytest.mark.parametrize("bad", ["nan", "too_large"])
@@ -76,8 +81,8 @@ def test_a_skipped_first_update_leaves_the_moments_at_zero(tiny_config):
     x = torch.rand(2, 3, 16, 16)
     _step(module, opt, sched, x, scale=float("inf"))
     assert all(torch.equal(a, p) for a, p in zip(before, module.model.parameters()))
-    moments = [v for s in opt.state.values() for k, v in s.items() if k != "step"]
-    assert moments and all((v == 0).all() for v in moments)
+    state = [v for s in opt.state.values() for v in s.values()]  # moments and step counts
+    assert state and all((v == 0).all() for v in state)
 
 
 def test_counters_follow_the_host_rule_through_forced_and_nonfinite_skips(tiny_config):
@@ -92,11 +97,13 @@ def test_counters_follow_the_host_rule_through_forced_and_nonfinite_skips(tiny_c
         assert bool(skip_d) == skip_h, i
         counts = device[0]._device_update.counts()
         assert counts == (host[0].skipped_total, host[0].consecutive_skips, host[0].consecutive_nonfinite), i
+    # a constant lr here: then only the schedule's count tells the two apart, so the states agree, step counts too
+    _assert_close(_state(host[0], host[1]), _state(device[0], device[1]))
 
 
 def test_update_reads_nothing_back_from_the_device(tiny_config, monkeypatch):
-    """No tensor is turned into a Python number by the update or by a training step's logging between reads
-    (on a GPU each such read waits for the queue; tests/hvae/test_update.py's CUDA test checks the same there)."""
+    """No tensor is turned into a Python number by the update (on a GPU each such read waits for the queue; the
+    CUDA test below checks the same there)."""
     module, opt, sched = _module(tiny_config, True)
     x = torch.rand(2, 3, 16, 16)
     _step(module, opt, sched, x)
@@ -118,19 +125,38 @@ def test_update_reads_nothing_back_from_the_device(tiny_config, monkeypatch):
     assert reads == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_sync_free_training_step_does_not_synchronise_on_cuda(tiny_config):
+def test_checkpoints_carry_the_device_counters(tiny_config):
     module, opt, sched = _module(tiny_config, True)
-    module.cuda()
-    cfg = module.configure_optimizers()
-    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    x = torch.rand(2, 3, 16, 16)
+    for scale in (1.0, float("nan"), 1.0, float("nan")):
+        _step(module, opt, sched, x, scale)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)  # reads the device's counters
+    assert checkpoint["update_counters"] == {"skipped_total": 2, "consecutive_skips": 1, "consecutive_nonfinite": 1}
+    module.on_load_checkpoint({"update_counters": {"skipped_total": 7, "consecutive_skips": 0,
+                                                   "consecutive_nonfinite": 0}})
+    _step(module, opt, sched, x, float("nan"))  # counts on from the loaded counters
+    module.read_update_counters(check=False)
+    assert (module.skipped_total, module.consecutive_skips, module.consecutive_nonfinite) == (8, 1, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("optimizer", ["adamax", "adamw"])
+def test_sync_free_update_does_not_synchronise_on_cuda(tiny_config, optimizer):
+    module = _module(tiny_config, True, optimizer=optimizer)[0].cuda()
+    optimizers = module.configure_optimizers()  # on the device now: capturable Adamax, fused AdamW
+    opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    assert opt.param_groups[0].get("fused") or opt.param_groups[0].get("capturable")
     x = torch.rand(2, 3, 16, 16, device="cuda")
-    _step(module, opt, sched, x)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            _step(module, opt, sched, x)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert module._device_update.counts() == (0, 0, 0)
+    for scale in (1.0, 1.0, float("nan"), 1.0):
+        opt.zero_grad(set_to_none=True)
+        (module.model.elbo(x).loss * scale).backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # a synchronising call raises
+        try:
+            module.apply_update(opt, sched)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert module._device_update.counts() == (1, 0, 0)
+    steps = {float(s["step"]) for s in opt.state.values()}
+    assert steps == {3.0}  # the skipped update's step count undone on the device
