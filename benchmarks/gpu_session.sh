@@ -46,8 +46,8 @@
 #   synthetic image and the shipped prior)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
 # gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes); gpu.txt,
-# speed.json, speed.log, train.log (train). A step that fails or
-# runs out of time leaves its log and the next step runs.
+# speed.json, speed.log, train.log (train). A step that fails or runs out of time leaves its log and the next step
+# runs.
 # Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones), for each PART:
 #   GPU_SESSION_SMOKE=1 bash benchmarks/gpu_session.sh PART
 set -uo pipefail
