@@ -4,7 +4,10 @@
     python benchmarks/quality.py --dataset faces --prior priors/faces.pt          # CelebA-HQ (needs a face prior)
 
 Protocol. Each clean image x (centre-cropped to ``--crop``, then to a multiple of the SR factor) is degraded
-synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries, no clipping and the
+synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries (``--boundary valid``: a
+blur's y is the part of the linear convolution that the crop holds whole, every method restores the crop's grid
+with the valid model and is scored on y's frame; ``pnp-hvae-circ`` and ``wiener-circ`` restore the same y with
+the circular model on y's grid, what a solver that assumes periodic images does with a photograph), no clipping and the
 generator ``torch.Generator().manual_seed(seed + image_index)`` (masks are drawn from it first, then the noise),
 image_index being the image's place in the sorted folder: runs on parts of a folder (``--start``, ``--limit``)
 degrade each image as one run on the whole would, and ``--merge`` joins their CSVs into one table.
@@ -93,7 +96,8 @@ DATASETS = {  # name -> (default folder, default prior, default preset)
     "faces": (SHARED / "test" / "CelebAHQ", ROOT / "priors" / "faces.pt", ROOT / "configs/restore/faces.yaml"),
 }
 TASKS = ("deblur", "sr2", "sr4", "inpaint_random", "inpaint_boxes")
-METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d")
+METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d", "pnp-hvae-circ", "wiener-circ")
+DEFAULT_METHODS = METHODS[:5]  # the -circ methods: the circular model on a valid blur's observation (--boundary valid)
 PRESET_KEY = {"deblur": "blur", "sr2": "sr", "sr4": "sr", "inpaint_random": "inpaint", "inpaint_boxes": "inpaint"}
 REQUIRED = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
             "iterations", "height", "width")
@@ -114,7 +118,7 @@ class Setting:
 
 
 def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequence[int],
-                   deblur_noises: Sequence[float], sr_noise: float = 2.55) -> list[Setting]:
+                   deblur_noises: Sequence[float], sr_noise: float = 2.55, boundary: str = "circular") -> list[Setting]:
     out: list[Setting] = []
     for task in tasks:
         if task == "deblur":
@@ -122,7 +126,7 @@ def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequ
                 kernel = load_kernel(kernels_dir / f"{k}.npy")
                 for s in deblur_noises:
                     out.append(Setting(task, f"k{k} s{s:g}", s, str(k), 1,
-                                       lambda h, w, g, kernel=kernel, s=s: Blur(kernel, sigma_from_255(s))))
+                                       lambda h, w, g, kernel=kernel, s=s: Blur(kernel, sigma_from_255(s), boundary)))
         elif task in ("sr2", "sr4"):
             f = int(task[2:])
             kernel = gaussian_kernel(0.5 * f)
@@ -285,6 +289,8 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
         return r.estimate, r.iterations
     if method == "pnp-bm3d":
         return pnp_bm3d(y, op, bm3d, args.bm3d_iters, args.bm3d_lam)
+    if method in ("pnp-hvae-circ", "wiener-circ"):  # what a circular model makes of y: restored on y's own grid
+        return run_method(method[:-5], y, Blur(op.kernel, op.sigma), prior, args, setting, bm3d)
     raise ValueError(method)
 
 
@@ -563,7 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deblur-kernels", type=int, nargs="+", default=[4, 7, 9, 11])
     p.add_argument("--deblur-noises", type=float, nargs="+", default=[2.55, 7.65, 12.75])
     p.add_argument("--sr-noise", type=float, default=2.55, help="noise of sr2/sr4 (0-255 scale; faces: 3)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
+                   help="pnp-hvae-circ, wiener-circ (with --boundary valid): the circular model on the same y")
+    p.add_argument("--boundary", choices=["circular", "valid"], default="circular",
+                   help="deblur: circular (the published protocol) or valid (a photograph: y is the part of the "
+                        "linear convolution that the crop holds whole, kernel - 1 smaller; scored on y's frame)")
     p.add_argument("--limit", type=int, help="N images (sorted by name)")
     p.add_argument("--start", type=int, default=0, help="skip the first N images; the noise seed follows the "
                    "image's index in the folder, so runs on --start 0 --limit 3 and --start 3 add up to --limit 6")
@@ -636,7 +646,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
     if not images:
         raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
-    settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise)
+    if args.boundary == "valid" and set(args.tasks) != {"deblur"}:
+        raise SystemExit("error: --boundary valid is for --tasks deblur only")
+    if args.boundary != "valid" and {"pnp-hvae-circ", "wiener-circ"} & set(args.methods):
+        raise SystemExit("error: pnp-hvae-circ and wiener-circ compare models on a valid blur: add --boundary valid")
+    settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise,
+                              args.boundary)
     keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
             for s in settings for _, name, full in images}
     methods = list(args.methods)
@@ -664,10 +679,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         for idx, name, full in images:  # idx: index in the sorted folder
             clean = centre_crop(full, None, setting.factor)[None]
             op, y = observation(setting, clean, args.seed + idx, device)
-            clean_d = clean.to(device)
+            clean_d = op.frame(clean.to(device))  # valid blur: y's frame of the scene; else all of it
             for method in methods:
                 t = time.perf_counter()
                 est, iters = run_method(method, y, op, prior, args, setting, bm3d)
+                est = est if method.endswith("-circ") else op.frame(est)  # all on y's frame
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 secs = time.perf_counter() - t
@@ -675,10 +691,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                            kernel=setting.kernel, noise255=setting.noise255, method=method, psnr=psnr(est, clean_d),
                            ssim=ssim(est, clean_d), lpips=lpips(est, clean_d) if lpips else "",
                            seconds=secs, iterations=int(iters),
-                           height=clean.shape[-2], width=clean.shape[-1])
+                           height=clean_d.shape[-2], width=clean_d.shape[-1])
                 rows.append(row)
                 lp = f" LPIPS {row['lpips']:.3f}" if lpips else ""
-                print(f"{setting.task:15s} {setting.name:12s} {name:10s} {method:9s} PSNR {row['psnr']:6.2f} "
+                print(f"{setting.task:15s} {setting.name:12s} {name:10s} {method:13s} PSNR {row['psnr']:6.2f} "
                       f"SSIM {row['ssim']:.3f}{lp} {secs:7.1f} s {iters:4d} it", flush=True)
             write_csv(args.out, rows + merged)  # partial results survive an interruption, merged rows too
 
@@ -700,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return, {args.precision}",
         "wiener": f"wiener grad std {args.wiener_grad_std:g}",
         "tv": f"tv lam = {args.tv_c:g} * sigma",
-        "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}"}
+        "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}",
+        "pnp-hvae-circ": "pnp-hvae-circ as pnp-hvae, with a circular blur on y's grid",
+        "wiener-circ": "wiener-circ as wiener, with a circular blur on y's grid"}
     described = [settings_of[m] for m in methods]
     lines = [f"### Restoration quality: {args.dataset} ({Path(args.folder).name}, {len(images)} images, {crop})", "",
              f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",

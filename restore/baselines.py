@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .cg import conjugate_gradient
 from .jpmap import History, RestoreResult, _autocast, initial_x, z_step
 from .prior import Prior, crop
 
@@ -97,22 +98,8 @@ def tikhonov(y: Tensor, operator, grad_std: float = 0.05, max_iters: int = 200, 
     def normal(v: Tensor) -> Tensor:
         return operator.A_adjoint(operator.A(v)) / s2 - _div(_grad(v)) / g2
 
-    x = operator.init(y)
-    b = operator.A_adjoint(y) / s2
-    r = b - normal(x)
-    p, rs = r.clone(), (r * r).sum()
-    b_norm = float(b.norm()) or 1.0
-    history, k = History(), 0
-    for k in range(1, max_iters + 1):
-        ap = normal(p)
-        alpha = rs / (p * ap).sum()
-        x += alpha * p
-        r -= alpha * ap
-        rs_new = (r * r).sum()
-        if float(rs_new.sqrt()) < tol * b_norm:
-            break
-        p = r + (rs_new / rs) * p
-        rs = rs_new
+    solved = conjugate_gradient(normal, operator.A_adjoint(y) / s2, operator.init(y), tol=tol, max_iters=max_iters)
+    x, k, history = solved.solution, solved.iterations, History()
     history.seconds.append(time.perf_counter() - start)
     return RestoreResult(x, x, x, history, k, True, time.perf_counter() - start)
 

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--mask-box", action="append", default=[], metavar="TOP,LEFT,H,W",
                     help="missing box (repeatable); replaces the random mask")
     op.add_argument("--noise-std", type=float, default=7.65, help="Gaussian noise std on the 0-255 scale")
+    op.add_argument("--boundary", choices=["auto", "circular", "valid"], default="auto",
+                    help="blur at the image border: circular (wraps around: the published protocol's synthetic "
+                         "degradation) or valid (a real photograph, whose scene goes on past the frame: nothing is "
+                         "assumed outside; the output keeps the observation's size); auto: valid for --input, "
+                         "circular for --clean alone")
     sv = p.add_argument_group("solver")
     sv.add_argument("--prior", type=Path, default=DEFAULT_PRIOR, help="prior export (prior.pt) or .ckpt")
     sv.add_argument("--method", choices=["jpmap", "adam"], default="jpmap")
@@ -143,7 +148,7 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
     if args.operator == "denoise":
         return Denoising(sigma)
     if args.operator == "blur":
-        return Blur(make_kernel(args), sigma)
+        return Blur(make_kernel(args), sigma, padding=args.boundary)
     if args.operator == "sr":
         return SuperResolution(make_kernel(args), args.scale, sigma)
     if args.mask is not None:
@@ -221,6 +226,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--divergence-guard must be > 1 (or 0 to turn it off), got {args.divergence_guard}")
     if args.operator == "sr" and args.scale < 1:
         raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
+    if args.boundary == "auto":  # a file given as the observation is a real one: its scene goes on past the frame
+        args.boundary = "valid" if args.operator == "blur" and args.input is not None else "circular"
+    elif args.boundary == "valid" and args.operator != "blur":
+        raise UsageError(f"--boundary valid is for --operator blur; drop it for --operator {args.operator}")
 
 
 def native_bf16_cpu() -> bool:
@@ -340,13 +349,23 @@ def run(args: argparse.Namespace) -> dict:
     hw = tuple(clean.shape[-2:]) if clean is not None else (
         (y.shape[-2] * args.scale, y.shape[-1] * args.scale) if args.operator == "sr" else tuple(y.shape[-2:]))
     operator = make_operator(args, hw, sigma, have_observation=y is not None)
-    if y is not None and clean is not None and tuple(operator.x_shape(tuple(y[None].shape)))[-2:] != tuple(clean.shape[-2:]):
-        raise UsageError(f"--input {tuple(y.shape[-2:])} and --clean {tuple(clean.shape[-2:])} do not match for "
-                         f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
+    reference = clean  # what the restored image (operator.frame of the solution) is compared with
+    if y is not None and clean is not None:
+        x_hw = tuple(operator.x_shape(tuple(y[None].shape)))[-2:]
+        if x_hw == tuple(clean.shape[-2:]):
+            reference = operator.frame(clean[None])[0]
+        elif not (args.boundary == "valid" and tuple(y.shape[-2:]) == tuple(clean.shape[-2:])):  # valid: y's frame too
+            raise UsageError(f"--input {tuple(y.shape[-2:])} and --clean {tuple(clean.shape[-2:])} do not match for "
+                             f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
     if y is not None and y.shape[0] != channels:
         raise UsageError("--input and --clean have different numbers of channels")
     if y is None:  # synthetic degradation, in float64 on the CPU, seeded
+        kernel = getattr(operator, "kernel", None)
+        if args.boundary == "valid" and (clean.shape[-2] < kernel.shape[0] or clean.shape[-1] < kernel.shape[1]):
+            raise UsageError(f"--clean image {clean.shape[-2]}x{clean.shape[-1]} is smaller than the "
+                             f"{kernel.shape[0]}x{kernel.shape[1]} kernel; --boundary valid needs a larger image")
         y = operator.degrade(clean[None].double(), generator=torch.Generator().manual_seed(args.seed))[0].float()
+        reference = operator.frame(clean[None])[0]
     bit_depth = 16 if info is not None and info.bit_depth == 16 else 8
     tiled = use_tiles(args, *hw)
     start = time.perf_counter()
@@ -368,7 +387,7 @@ def run(args: argparse.Namespace) -> dict:
             result = jpmap(y_batch, operator, prior, cfg, callback=progress)
         else:
             result = adam_joint(y_batch, operator, prior, cfg)
-        estimate = from_prior_channels(result.estimate, channels)[0].cpu()
+        estimate = from_prior_channels(operator.frame(result.estimate), channels)[0].cpu()
         if not bool(torch.isfinite(estimate).all()):
             raise RuntimeError("the solver produced non-finite values; lower --gamma or raise --tau")
     seconds = time.perf_counter() - start
@@ -377,13 +396,14 @@ def run(args: argparse.Namespace) -> dict:
                "diverged": result.diverged > 0 if result else None,
                "final_residual": result.history.residual[-1] if result and result.history.residual else None,
                "sigma": sigma, "device": str(device), **_settings(args, cfg)}
-    if clean is not None:
-        metrics.update(metrics_of(estimate[None], clean[None]))
-        if y.shape[-2:] == clean.shape[-2:]:
-            metrics["degraded"] = metrics_of(y[None], clean[None])
+    if reference is not None:
+        metrics.update(metrics_of(estimate[None], reference[None]))
+        if y.shape[-2:] == reference.shape[-2:]:
+            metrics["degraded"] = metrics_of(y[None], reference[None])
         if not tiled:
             wiener = tikhonov(to_prior_channels(y[None].to(device), prior.image_channels), operator, grad_std=0.1)
-            metrics["tikhonov"] = metrics_of(from_prior_channels(wiener.estimate, channels).cpu(), clean[None])
+            metrics["tikhonov"] = metrics_of(from_prior_channels(operator.frame(wiener.estimate), channels).cpu(),
+                                             reference[None])
     args.out.mkdir(parents=True, exist_ok=True)
     write_image(args.out / "degraded.png", y.clamp(0, 1), bit_depth=bit_depth)
     if not tiled:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cg import conjugate_gradient
+
 Gamma = float | Tensor
 
 
@@ -179,6 +181,10 @@ class LinearOperator(nn.Module):
     def x_shape(self, y_shape: tuple) -> tuple:
         return tuple(y_shape)
 
+    def frame(self, x: Tensor) -> Tensor:
+        """The part of x that a restored image shows: all of it, except for a valid blur (y's frame)."""
+        return x
+
     def lambda_min(self) -> float:
         return 1.0
 
@@ -237,7 +243,10 @@ class _FourierKernel(LinearOperator):
         return torch.fft.irfft2(X * (K.conj() if adjoint else K), s=x.shape[-2:]).to(x.dtype)
 
     def lambda_min(self, image_size: tuple | None = None) -> float:
-        """min |K|^2 on the image_size frequency grid (default: a fine grid approximating all sizes)."""
+        """min |K|^2 on the image_size frequency grid (default: a fine grid approximating all sizes); 0 for a
+        valid blur (x has more pixels than y)."""
+        if getattr(self, "padding", "circular") == "valid":
+            return 0.0
         if image_size is None:  # approximate the continuous spectrum on a fine grid
             n = max(256, 4 * max(self.kernel.shape))
             image_size = (n, n)
@@ -246,24 +255,117 @@ class _FourierKernel(LinearOperator):
 
 
 class Blur(_FourierKernel):
-    """Circular convolution y = k (*) x (same 2-D kernel on every channel, centre at (kh//2, kw//2)).
-    prox: X = (conj(K) Y + rho Z) / (|K|^2 + rho) in Fourier."""
+    """Convolution y = k (*) x (same 2-D kernel on every channel, centre at (kh//2, kw//2)).
+
+    ``padding="circular"`` (default; the published protocol's synthetic degradation): x and y have one size and
+    the convolution wraps around the border. prox: X = (conj(K) Y + rho Z) / (|K|^2 + rho) in Fourier.
+
+    ``padding="valid"`` (a real photograph: the scene goes on past the frame): y is the part of the linear
+    convolution that the frame holds whole, so x is ``kh - 1`` rows and ``kw - 1`` columns larger than y
+    (deepinv's ``padding="valid"``); nothing is assumed of the scene outside. A = S C, with C the circular
+    convolution on x's grid (exact on the valid part) and S the crop to it. prox: the minimiser of
+    ||S C x - y||^2 / (2 sigma^2) + ||x - z||^2 / (2 gamma^2), i.e. (C^T S^T S C + rho) x = C^T S^T y + rho z,
+    solved by conjugate gradients (:mod:`restore.cg`) to a relative residual of ``cg_tol``, preconditioned by
+    the circular prox (C^T C + rho)^-1 and started from the circular prox with A z in place of the
+    observation outside the frame. ``frame(x)`` crops x to y's pixels (``frame_offset`` rows and columns in).
+    """
+
+    PADDINGS = ("circular", "valid")
+
+    def __init__(self, kernel, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
+                 cg_max_iters: int = 200) -> None:
+        super().__init__(kernel, sigma)
+        if padding not in self.PADDINGS:
+            raise OperatorError(f"blur padding must be one of {self.PADDINGS}, got {padding!r}")
+        if not cg_tol > 0 or cg_max_iters < 1:
+            raise OperatorError(f"need cg_tol > 0 and cg_max_iters >= 1, got {cg_tol!r} and {cg_max_iters!r}")
+        self.padding, self.cg_tol, self.cg_max_iters = padding, float(cg_tol), int(cg_max_iters)
+        self.last_cg_iterations = 0  # of the latest valid prox (diagnostics only)
+
+    @property
+    def valid(self) -> bool:
+        return self.padding == "valid"
+
+    @property
+    def frame_offset(self) -> tuple[int, int]:
+        """(rows, cols) between x's first pixel and y's: 0 when circular, kh - 1 - kh // 2 (odd kh: kh // 2)
+        when valid."""
+        if not self.valid:
+            return 0, 0
+        kh, kw = self.kernel.shape
+        return kh - 1 - kh // 2, kw - 1 - kw // 2
+
+    def x_shape(self, y_shape: tuple) -> tuple:
+        if not self.valid:
+            return tuple(y_shape)
+        kh, kw = self.kernel.shape
+        return (*y_shape[:-2], y_shape[-2] + kh - 1, y_shape[-1] + kw - 1)
+
+    def frame(self, x: Tensor) -> Tensor:
+        """x cropped to the observation's pixels (all of x when circular)."""
+        if not self.valid:
+            return x
+        kh, kw = self.kernel.shape
+        (r, c), (H, W) = self.frame_offset, (x.shape[-2] - kh + 1, x.shape[-1] - kw + 1)
+        return x[..., r:r + H, c:c + W]
+
+    def _pad_pair(self) -> tuple[int, int, int, int]:  # (left, right, top, bottom): y's frame -> x's grid
+        (r, c), (kh, kw) = self.frame_offset, self.kernel.shape
+        return c, kw - 1 - c, r, kh - 1 - r
+
+    def _check_x(self, x: Tensor) -> None:
+        kh, kw = self.kernel.shape
+        if self.valid and (x.shape[-2] < kh or x.shape[-1] < kw):
+            raise OperatorError(f"image {tuple(x.shape[-2:])} is smaller than the blur kernel {kh}x{kw}; with "
+                                "padding 'valid' x must be at least the kernel's size")
 
     def A(self, x: Tensor) -> Tensor:
         _check_image(x)
-        return self._conv(x)
+        self._check_x(x)
+        return self.frame(self._conv(x))
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         _check_image(y, "observation y")
-        return self._conv(y, adjoint=True)
+        return self._conv(F.pad(y, self._pad_pair()) if self.valid else y, adjoint=True)
+
+    def init(self, y: Tensor) -> Tensor:
+        """y itself (circular), or y continued by reflection (replication if too small) to x's grid (valid)."""
+        if not self.valid:
+            return y.clone()
+        _check_image(y, "observation y")
+        pads = self._pad_pair()
+        mode = "reflect" if max(pads[2:]) < y.shape[-2] and max(pads[:2]) < y.shape[-1] else "replicate"
+        return F.pad(y.to(_work_dtype(y)), pads, mode=mode).to(y.dtype)
+
+    def _prox_circular(self, z: Tensor, y: Tensor, rho: Gamma, K: Tensor) -> Tensor:
+        num = K.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(z)
+        return torch.fft.irfft2(num / (K.abs() ** 2 + rho), s=z.shape[-2:])
 
     def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
-        self._check_pair(z, y, z.shape[-2:])
+        self._check_x(z)
+        (kh, kw), (H, W) = self.kernel.shape, z.shape[-2:]
+        self._check_pair(z, y, (H - kh + 1, W - kw + 1) if self.valid else (H, W))
         K = self._otf(z.shape[-2:], z, real=True)
         dt = K.real.dtype
         rho = _rho(self.sigma, gamma, z.to(dt))
-        num = K.conj() * torch.fft.rfft2(y.to(dt)) + rho * torch.fft.rfft2(z.to(dt))
-        return torch.fft.irfft2(num / (K.abs() ** 2 + rho), s=z.shape[-2:]).to(z.dtype)
+        zd, yd = z.to(dt), y.to(dt)
+        if not self.valid:
+            return self._prox_circular(zd, yd, rho, K).to(z.dtype)
+        pads = self._pad_pair()
+        inside = F.pad(torch.ones_like(yd[:1, :1]), pads)  # 1 on y's frame, 0 on the band outside it
+        y_grid = F.pad(yd, pads)
+        start = self._prox_circular(zd, y_grid + (1 - inside) * self._conv(zd), rho, K)  # A z outside the frame
+
+        def normal(v: Tensor) -> Tensor:  # (C^T S^T S C + rho) v
+            return self._conv(inside * self._conv(v), adjoint=True) + rho * v
+
+        def precondition(v: Tensor) -> Tensor:  # (C^T C + rho)^-1 v
+            return torch.fft.irfft2(torch.fft.rfft2(v) / (K.abs() ** 2 + rho), s=v.shape[-2:])
+
+        rhs = self._conv(y_grid, adjoint=True) + rho * zd
+        result = conjugate_gradient(normal, rhs, start, precondition, self.cg_tol, self.cg_max_iters)
+        self.last_cg_iterations = result.iterations
+        return result.solution.to(z.dtype)
 
 
 class SuperResolution(_FourierKernel):

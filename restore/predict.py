@@ -37,7 +37,8 @@ from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
 from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap, network_for
 from .large_io import ImageSource, TensorSource, open_image
 from .operators import Blur, Denoising, Inpainting, SuperResolution
-from .tiling import BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment
+from .tiling import (BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment,
+                     valid_extent)
 
 
 def operator_spec(operator) -> dict:
@@ -47,7 +48,7 @@ def operator_spec(operator) -> dict:
     if isinstance(operator, SuperResolution):
         return {"operator": "sr", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "factor": operator.factor}
     if isinstance(operator, Blur):
-        return {"operator": "blur", "sigma": operator.sigma, "kernel": operator.kernel.cpu()}
+        return {"operator": "blur", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "padding": operator.padding}
     if isinstance(operator, Denoising):
         return {"operator": "denoise", "sigma": operator.sigma}
     raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
@@ -179,16 +180,19 @@ class TiledJPMAP(L.LightningModule):
     that the x-step ignores (:meth:`restore.tiling.TileGrid.edge_band`, :class:`restore.tiling.WindowOperator`).
     ``batch_tiles``: the data loader's batch size (``tiles_per_batch``); with a compiled pass or CUDA graphs a
     smaller batch (the last one) is filled up to it with copies of its last tile, so that it runs the shape
-    already compiled."""
+    already compiled. ``padding="valid"`` (blur): each window is solved with the valid model, exact for any
+    window (its x grid holds all the scene pixels that its observations see, so no band), and the restored
+    window is cropped to its observation's frame."""
 
     def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
                  kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None,
-                 band: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)), batch_tiles: int = 1) -> None:
+                 band: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)), batch_tiles: int = 1,
+                 padding: str = "circular") -> None:
         super().__init__()
         self.batch_tiles = batch_tiles
         self.prior = load_prior(prior_path)
         self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
-        ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma),
+        ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma, padding),
                "sr": lambda: SuperResolution(kernel, factor, sigma), "inpaint": lambda: None}
         if operator not in ops:
             raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
@@ -270,7 +274,9 @@ class TiledJPMAP(L.LightningModule):
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
-        used_boxes = None if used is None else [tuple(int(v) for v in b) for b in torch.as_tensor(used).tolist()]
+        dr, dc = getattr(self.operator, "frame_offset", (0, 0))  # the used boxes on x's grid (a valid blur's is larger)
+        used_boxes = None if used is None else [(r0 + dr, r1 + dr, c0 + dc, c1 + dc)
+                                                for r0, r1, c0, c1 in torch.as_tensor(used).long().tolist()]
         everything = torch.arange(y.shape[0], device=y.device)
         active = everything[:n]  # the copies that fill the batch up are computed, never waited for
         net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, once (SegmentedPrior is no nn.Module)
@@ -301,7 +307,7 @@ class TiledJPMAP(L.LightningModule):
             done += step
             moving = rms >= cfg.tol if guard is None else (rms >= cfg.tol) & ~guard.stopped[active]
             active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
-        return est[:n]
+        return self.operator.frame(est[:n]) if self.operator is not None else est[:n]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
         """Restored tiles (float32, on the host) in batch order; tiles of one shape are solved together. With a
@@ -388,9 +394,10 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     prior = load_prior(prior_path)
     halo = default_halo(operator, prior.multiple, jpmap_config.gamma) if halo is None else int(halo)
     scale = int(spec.get("factor", 1))
-    grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple)
+    grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple,
+                    extent=valid_extent(operator))
     kernel = spec.get("kernel")
-    if kernel is not None and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
+    if kernel is not None and is_circular(operator) and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
         raise ValueError(f"tiles of {grid.tile_shape[0] * scale}x{grid.tile_shape[1] * scale} output pixels are "
                          f"smaller than the {kernel.shape[0]}x{kernel.shape[1]} kernel; use a larger --tile or --halo")
     masks = None
@@ -410,7 +417,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     del prior
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
-        band = grid.edge_band(tuple(kernel.shape) if kernel is not None else None)
+        band = grid.edge_band(tuple(kernel.shape) if kernel is not None and is_circular(operator) else None)
         # a batch is filled up to the shape the full batches compile; no further than the image's tiles
         module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band,
                             batch_tiles=min(tiles_per_batch, len(grid)))

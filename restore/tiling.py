@@ -140,14 +140,22 @@ class TileGrid:
 
     ``multiple`` is the prior's down-sampling factor (output pixels): windows start on multiples of it in the
     output (see :func:`axis_layout`) so that the prior's pooling cells fall where they fall in the whole image,
-    and :meth:`segments` tells the z-step where a window crosses the image border (circular grids)."""
+    and :meth:`segments` tells the z-step where a window crosses the image border (circular grids).
+
+    ``extent`` (rows, cols; a blur with ``padding="valid"``, :func:`valid_extent`): the solver's x grid exceeds
+    the observation's by this much, in the whole image as in every window (a window's x grid starts at the
+    window's first observation pixel in the whole x grid's coordinates); the restored tiles are cropped back to
+    the observation's frame before stitching, so the boxes and weights stay in observation pixels."""
 
     def __init__(self, height: int, width: int, tile: int, halo: int, scale: int = 1, circular: bool = False,
-                 multiple: int = 1) -> None:
+                 multiple: int = 1, extent: tuple[int, int] = (0, 0)) -> None:
         if scale < 1 or multiple < 1:
             raise ValueError(f"scale and multiple must be >= 1, got scale={scale}, multiple={multiple}")
+        if any(extent) and (circular or scale != 1):
+            raise ValueError("an extended x grid (a valid blur) needs circular=False and scale 1")
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.scale, self.circular, self.multiple = scale, circular, multiple
+        self.extent = (int(extent[0]), int(extent[1]))
         align = multiple // math.gcd(multiple, scale)  # in observation pixels
         self.rows = axis_layout(height, tile, halo, circular, align)
         self.cols = axis_layout(width, tile, halo, circular, align)
@@ -160,8 +168,9 @@ class TileGrid:
     def segments(self, tile: Tile) -> "Segments":
         """How the z-step sees ``tile``'s window (see :func:`axis_segments`): its rows and columns cut where the
         window crosses the image border, each piece padded to the prior's pooling grid of the whole image."""
-        b, (H, W), m = tile.out_box, self.out_shape, self.multiple
-        return (axis_segments(b.r0, b.r1, H, m, self.circular), axis_segments(b.c0, b.c1, W, m, self.circular))
+        b, (H, W), m, (er, ec) = tile.out_box, self.out_shape, self.multiple, self.extent
+        return (axis_segments(b.r0, b.r1 + er, H + er, m, self.circular),
+                axis_segments(b.c0, b.c1 + ec, W + ec, m, self.circular))
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -210,7 +219,8 @@ class TileGrid:
 
     def describe(self) -> dict:
         return {"height": self.height, "width": self.width, "tile": self.tile, "halo": self.halo,
-                "scale": self.scale, "circular": self.circular, "multiple": self.multiple, "tiles": len(self),
+                "scale": self.scale, "circular": self.circular, "multiple": self.multiple, "extent": list(self.extent),
+                "tiles": len(self),
                 "tile_shape": list(self.tile_shape)}
 
 
@@ -260,8 +270,17 @@ def pad_segment(x: Tensor, rows: Segment, cols: Segment) -> Tensor:
 
 
 def is_circular(operator) -> bool:
-    """True for the convolution operators (Blur, SuperResolution), whose whole-image model is periodic."""
-    return getattr(operator, "kernel", None) is not None
+    """True for the convolution operators (Blur, SuperResolution) whose whole-image model is periodic (not a
+    blur with ``padding="valid"``)."""
+    return getattr(operator, "kernel", None) is not None and getattr(operator, "padding", "circular") == "circular"
+
+
+def valid_extent(operator) -> tuple[int, int]:
+    """(rows, cols) by which x's grid exceeds y's: kernel size - 1 for a valid blur, else (0, 0)."""
+    if getattr(operator, "padding", "circular") != "valid":
+        return 0, 0
+    kh, kw = operator.kernel.shape
+    return int(kh) - 1, int(kw) - 1
 
 
 def xstep_radius(operator, gamma: float, mass: float = 1e-3) -> int:
@@ -277,6 +296,8 @@ def xstep_radius(operator, gamma: float, mass: float = 1e-3) -> int:
     kernel = getattr(operator, "kernel", None)
     if kernel is None:
         return 0
+    if not is_circular(operator):  # a valid blur's x-step reaches as far as the circular one's inside the frame
+        operator = type(operator)(kernel, operator.sigma)
     s = int(getattr(operator, "factor", 1))
     k = max(kernel.shape)
     n = s * 2 ** math.ceil(math.log2(max(256, 16 * k) / s))  # periodic image much wider than the response
@@ -381,6 +402,9 @@ class WindowOperator(torch.nn.Module):
 
     def x_shape(self, y_shape: tuple) -> tuple:
         return self.operator.x_shape(y_shape)
+
+    def frame(self, x: Tensor) -> Tensor:
+        return self.operator.frame(x)
 
     def prox_l2(self, z: Tensor, y: Tensor, gamma) -> Tensor:
         (t, b), (l, r) = self.band

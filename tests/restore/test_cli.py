@@ -80,6 +80,39 @@ def test_input_observation_and_16_bit(tmp_path, capsys):
     assert "psnr" not in json.loads((out / "metrics.json").read_text())
 
 
+def test_real_blurred_photo_default_valid_boundary(tmp_path, kernel_npy, capsys):
+    """A photograph blurred by a camera is the valid part of the scene's convolution: the default for --input
+    (--boundary auto -> valid) restores it with the observation's size, where the circular model rings from
+    the border inwards."""
+    from data.images import builtin_images
+    from restore.operators import Blur, load_kernel
+
+    scene = torch.nn.functional.interpolate(builtin_images(3)[1][None], size=(54, 70), mode="area").clamp(0, 1)
+    op = Blur(load_kernel(kernel_npy), 2.55 / 255, padding="valid")
+    y = op.degrade(scene.double(), generator=torch.Generator().manual_seed(0)).float()
+    write_image(tmp_path / "blurry.png", y[0].clamp(0, 1))
+    write_image(tmp_path / "sharp.png", op.frame(scene)[0])  # the reference, in the observation's frame
+    psnr = {}
+    for boundary in ("auto", "circular"):
+        out = tmp_path / boundary
+        code, cap = _run(["--input", tmp_path / "blurry.png", "--clean", tmp_path / "sharp.png", "--operator", "blur",
+                          "--kernel", kernel_npy, "--noise-std", "2.55", "--iterations", "10", "--out", out,
+                          "--boundary", boundary], capsys)
+        assert code == 0, cap.err
+        m = json.loads((out / "metrics.json").read_text())
+        assert read_image_with_info(out / "restored.png")[0].shape == (3, 48, 64)
+        psnr[m["settings"]["boundary"]] = (m["psnr"], m["tikhonov"]["psnr"], m["degraded"]["psnr"])
+    (valid, valid_wiener, degraded), (circular, circular_wiener, _) = psnr["valid"], psnr["circular"]
+    assert valid > degraded + 1 and valid > circular + 3 and valid_wiener > circular_wiener + 3, psnr
+    # --clean alone with --boundary valid: the observation is the frame of the clean image's convolution
+    code, cap = _run(["--clean", tmp_path / "sharp.png", "--kernel", kernel_npy, "--noise-std", "2.55",
+                      "--iterations", "3", "--boundary", "valid", "--out", tmp_path / "syn"], capsys)
+    assert code == 0, cap.err
+    assert read_image_with_info(tmp_path / "syn" / "restored.png")[0].shape == (3, 42, 58)
+    assert read_image_with_info(tmp_path / "syn" / "degraded.png")[0].shape == (3, 42, 58)
+    assert "degraded" in json.loads((tmp_path / "syn" / "metrics.json").read_text())
+
+
 def _bad_kernel(tmp_path):
     k = np.ones((5, 5), np.float32)
     k[0, 0] = np.nan
@@ -87,8 +120,14 @@ def _bad_kernel(tmp_path):
     return tmp_path / "nan.npy"
 
 
+def _small_png(tmp_path) -> Path:
+    write_image(tmp_path / "small.png", torch.rand(3, 5, 40, generator=torch.Generator().manual_seed(0)))
+    return tmp_path / "small.png"
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "nan_kernel", "neg_kernel", "mask_shape", "noise", "prior",
-                                  "not_ckpt", "no_kernel", "inpaint_input_no_mask", "pair_mismatch"])
+                                  "not_ckpt", "no_kernel", "inpaint_input_no_mask", "pair_mismatch", "valid_sr",
+                                  "valid_small", "valid_mismatch"])
 def test_bad_input_one_line_error_and_nothing_written(tmp_path, clean_png, kernel_npy, capsys, case):
     out = tmp_path / "never"
     base = ["--clean", clean_png, "--iterations", "1", "--out", out]
@@ -117,6 +156,12 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, clean_png, kerne
         argv = [*base, "--operator", "blur"]
     elif case == "inpaint_input_no_mask":
         argv = ["--input", clean_png, "--operator", "inpaint", "--out", out]
+    elif case == "valid_sr":
+        argv = [*base, "--operator", "sr", "--boundary", "valid"]
+    elif case == "valid_small":
+        argv = [*base, "--kernel", kernel_npy, "--boundary", "valid", "--clean", _small_png(tmp_path)]
+    elif case == "valid_mismatch":  # a reference neither of the observation's size nor of the scene's
+        argv = ["--input", clean_png, "--clean", _small_png(tmp_path), "--kernel", kernel_npy, "--out", out]
     else:
         argv = ["--input", clean_png, "--clean", clean_png, "--operator", "sr", "--scale", "2", "--out", out]
     code, cap = _run(argv, capsys)

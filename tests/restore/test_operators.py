@@ -27,6 +27,8 @@ def _make(name: str, C: int, H: int = 24, W: int = 30, sigma: float = 0.05):
         return Denoising(sigma)
     if name == "blur":
         return Blur(_rand_kernel(), sigma)
+    if name == "blur_valid":  # solved to round-off here, so that the tests below check the system it solves
+        return Blur(_rand_kernel(), sigma, padding="valid", cg_tol=1e-13, cg_max_iters=500)
     if name.startswith("sr"):
         return SuperResolution(_rand_kernel(), int(name[2:]), sigma)
     if name == "inpaint":
@@ -36,7 +38,7 @@ def _make(name: str, C: int, H: int = 24, W: int = 30, sigma: float = 0.05):
     raise KeyError(name)
 
 
-NAMES = ["denoise", "blur", "sr1", "sr2", "sr3", "inpaint", "inpaint_w"]
+NAMES = ["denoise", "blur", "blur_valid", "sr1", "sr2", "sr3", "inpaint", "inpaint_w"]
 
 
 def _obs(op, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ def _cg(apply, b, iters=500, tol=1e-13):
     return x
 
 
-@pytest.mark.parametrize("name", ["blur", "sr2", "sr3"])
+@pytest.mark.parametrize("name", ["blur", "blur_valid", "sr2", "sr3"])
 def test_prox_matches_conjugate_gradient(name):
     op, gamma = _make(name, 3, sigma=0.1), 0.07
     z = torch.rand(1, 3, 24, 30, generator=_gen(7), dtype=DT)
@@ -96,6 +98,44 @@ def test_prox_matches_conjugate_gradient(name):
     b = op.A_adjoint(y) / op.sigma**2 + z / gamma**2
     x_cg = _cg(lambda v: op.A_adjoint(op.A(v)) / op.sigma**2 + v / gamma**2, b)
     assert torch.allclose(op.prox_l2(z, y, gamma), x_cg, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("kh,kw", [(3, 3), (5, 4), (2, 6), (1, 1), (7, 2)])
+def test_valid_blur_is_the_frame_of_the_linear_convolution(kh, kw):
+    k = _rand_kernel(kh, kw, seed=kh * 10 + kw)
+    x = torch.rand(2, 3, 11, 13, generator=_gen(2), dtype=DT)
+    op = Blur(k, 0.01, padding="valid")
+    y = op.A(x)
+    assert y.shape[-2:] == (11 - kh + 1, 13 - kw + 1) and op.x_shape(tuple(y.shape)) == tuple(x.shape)
+    w = (k / k.sum()).flip(0, 1).expand(3, 1, kh, kw)  # conv2d without padding: the valid linear convolution
+    assert torch.allclose(y, F.conv2d(x, w, groups=3), atol=1e-12)
+    # the frame puts each observation over the scene pixel its kernel is centred on: what the circular blur
+    # gives there (its wrap-around only touches the band outside the frame)
+    assert op.frame(x).shape == y.shape and torch.allclose(y, op.frame(Blur(k, 0.01).A(x)), atol=1e-12)
+    r, c = op.frame_offset
+    assert (r, c) == (kh - 1 - kh // 2, kw - 1 - kw // 2)
+    start = op.init(y)  # y continued by reflection to x's grid
+    assert start.shape == x.shape and torch.equal(op.frame(start), y)
+    assert Blur(k, 0.01).frame(x) is x and Blur(k, 0.01).x_shape((2, 3, 5, 6)) == (2, 3, 5, 6)
+
+
+def test_valid_blur_prox_default_tolerance_and_errors():
+    op = Blur(gaussian_kernel(2.0), 2.55 / 255, padding="valid")  # the defaults: relative residual 1e-6
+    z = torch.rand(2, 3, 40, 44, generator=_gen(3))  # float32, as restore.py runs it
+    y = op.degrade(z, _gen(4))
+    exact = Blur(gaussian_kernel(2.0), 2.55 / 255, padding="valid", cg_tol=1e-13, cg_max_iters=2000)
+    for gamma in (5 / 255, 40 / 255):
+        x = op.prox_l2(z, y, gamma)
+        assert x.dtype == torch.float32 and 1 <= op.last_cg_iterations < 60
+        ref = exact.prox_l2(z.double(), y.double(), gamma)
+        assert float((x.double() - ref).abs().max()) < 5e-4, float((x.double() - ref).abs().max())  # 0.13 / 255
+    with pytest.raises(OperatorError, match="padding"):
+        Blur(torch.ones(3, 3), 0.1, padding="reflect")
+    with pytest.raises(OperatorError, match="smaller than the blur kernel"):
+        op.A(torch.rand(1, 1, 8, 30))
+    with pytest.raises(OperatorError, match="does not match"):
+        op.prox_l2(z, y[..., 1:, :], 0.1)
+    assert op.lambda_min() == 0.0
 
 
 @pytest.mark.parametrize("kh,kw", [(3, 3), (5, 4), (2, 6), (1, 1)])

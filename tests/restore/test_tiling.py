@@ -24,7 +24,8 @@ from restore.large_io import open_image
 from restore.operators import Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, motion_kernel, random_mask
 from restore.predict import restore_tiled
 from restore.tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
-from restore.tiling import BLEND_MODES, Box, TileGrid, cut, default_halo, is_circular, weight_sum, xstep_radius
+from restore.tiling import (BLEND_MODES, Box, TileGrid, cut, default_halo, is_circular, valid_extent, weight_sum,
+                            xstep_radius)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = HVAEConfig(image_channels=3, stem_channels=8, widths=(8, 8, 8), strides=(2, 2, 1), encoder_blocks=(1, 1, 1),
@@ -64,6 +65,8 @@ def clean() -> torch.Tensor:
 def _operator(name: str):
     if name == "blur":
         return Blur(gaussian_kernel(1.5, 7), 0.02)  # 7x7
+    if name == "blur_valid":  # a real photograph's blur: the observation is the frame of the scene's convolution
+        return Blur(gaussian_kernel(1.5, 7), 0.02, padding="valid")
     if name == "denoise":
         return Denoising(0.05)
     if name == "inpaint":
@@ -111,6 +114,25 @@ def test_partition_of_unity_and_equal_tiles(size, tile, halo, scale, circular, m
                 assert start + sg.w1 - sg.w0 <= n  # never crosses the image border
 
 
+@pytest.mark.parametrize("multiple", [1, 4, 8])
+def test_valid_blur_windows_cover_their_scene_on_the_whole_images_pooling_grid(multiple):
+    """With an extended x grid (a valid blur) a window's x grid is its observation box grown by the kernel
+    less one, starting at the box's first observation pixel in the whole x grid; the z-step's piece covers it
+    and sits on the whole (H + kh - 1) x (W + kw - 1) grid's pooling cells."""
+    op = Blur(torch.ones(7, 4), 0.1, padding="valid")
+    assert not is_circular(op) and valid_extent(op) == (6, 3) and valid_extent(Blur(torch.ones(7, 4), 0.1)) == (0, 0)
+    assert default_halo(op, 4, 10 / 255) == default_halo(Blur(torch.ones(7, 4), 0.1), 4, 10 / 255)
+    grid = TileGrid(90, 122, 32, 12, 1, False, multiple, extent=valid_extent(op))
+    assert len(grid) > 4 and grid.describe()["extent"] == [6, 3]
+    for t in grid.tiles:
+        for segs, a, n, length in (((grid.segments(t))[0], t.obs_box.r0, 90 + 6, grid.tile_shape[0] + 6),
+                                   ((grid.segments(t))[1], t.obs_box.c0, 122 + 3, grid.tile_shape[1] + 3)):
+            assert len(segs) == 1 and segs[0].w0 == 0 and segs[0].w1 == length and a + length <= n
+            assert (a - segs[0].before) % multiple == 0 and (length + segs[0].before + segs[0].after) % multiple == 0
+    with pytest.raises(ValueError, match="circular=False"):
+        TileGrid(90, 122, 32, 12, 1, True, multiple, extent=(6, 3))
+
+
 def test_default_halo_and_periodic_cut():
     assert default_halo(Blur(torch.ones(7, 7), 0.1), 4) == 16
     assert default_halo(Blur(torch.ones(31, 31), 0.1), 4) == 32
@@ -132,11 +154,12 @@ def test_default_halo_and_periodic_cut():
 
 
 # ------------------------------------------------------------------------------------- tiled vs whole image
-@pytest.mark.parametrize("name", ["blur", "denoise", "inpaint", "sr"])
+@pytest.mark.parametrize("name", ["blur", "blur_valid", "denoise", "inpaint", "sr"])
 def test_stitched_matches_whole_image(name, prior_path, clean, tmp_path):
     op = _operator(name)
     y = op.degrade(clean, generator=_gen(4)).float()
-    whole = jpmap(y, op, load_prior(prior_path), CONFIG).estimate.clamp(0, 1)
+    whole = op.frame(jpmap(y, op, load_prior(prior_path), CONFIG).estimate).clamp(0, 1)  # valid: y's frame
+    clean = op.frame(clean)
     tile, halo = (24, 8) if name == "sr" else (48, 16)  # SR: observation pixels, i.e. 48 / 16 output pixels
     res = {}
     for mode in BLEND_MODES:
@@ -144,7 +167,7 @@ def test_stitched_matches_whole_image(name, prior_path, clean, tmp_path):
                             tiles_per_batch=3, blend=mode)
         res[mode] = _npy(out)
     grid = TileGrid(*y.shape[-2:], tile, halo, getattr(op, "factor", 1), is_circular(op))
-    assert len(grid) >= 6
+    assert len(grid) >= 6 and res["blend"].shape[-2:] == whole.shape[-2:]
     blend_vs_whole = _psnr(res["blend"], whole)
     assert blend_vs_whole > 50, blend_vs_whole
     assert abs(_psnr(res["blend"], clean) - _psnr(whole, clean)) < 0.05
@@ -369,7 +392,8 @@ def test_restore_py_two_processes_killed_and_resumed(prior_path, clean, tmp_path
     os.killpg(run.pid, signal.SIGKILL)  # the launcher and the second rank it started
     run.wait()
     done = {p.name: p.stat().st_mtime_ns for p in tiles.glob("img*_tile*.npy")}
-    total = len(TileGrid(H, W, 16, 16, 1, True, load_prior(prior_path).multiple))
+    # --input is a real observation: by default (--boundary auto) a valid blur, on a grid that does not wrap
+    total = len(TileGrid(H, W, 16, 16, 1, False, load_prior(prior_path).multiple, extent=(6, 6)))
     assert 3 <= len(done) < total, f"{len(done)} of {total} tiles written when killed: the test needs a slower run"
     assert not (tmp_path / "two" / "restored.png").exists()
     again = subprocess.run(cmd("two", 2) + ["--keep-tiles"], env=env, capture_output=True, text=True, timeout=300)
