@@ -4,10 +4,11 @@
     python benchmarks/quality.py --dataset faces --prior priors/faces.pt          # CelebA-HQ (needs a face prior)
 
 Protocol. Each clean image x (centre-cropped to ``--crop``, then to a multiple of the SR factor) is degraded
-synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries (``--boundary valid``: a
-blur's y is the part of the linear convolution that the crop holds whole, every method restores the crop's grid
-with the valid model and is scored on y's frame; ``pnp-hvae-circ`` and ``wiener-circ`` restore the same y with
-the circular model on y's grid, what a solver that assumes periodic images does with a photograph), no clipping and the
+synthetically as y = A x + n, n ~ N(0, sigma^2 I), in float64, with circular boundaries (``--boundary valid``, for
+deblur and SR: y holds only the outputs whose kernel support lies inside the crop, every method restores the crop's
+grid with the valid model and is scored on y's frame; ``pnp-hvae-circ`` and ``wiener-circ`` restore the same y
+with the circular model on y's frame, what a solver that assumes periodic images does with a photograph), no
+clipping and the
 generator ``torch.Generator().manual_seed(seed + image_index)`` (masks are drawn from it first, then the noise),
 image_index being the image's place in the sorted folder: runs on parts of a folder (``--start``, ``--limit``)
 degrade each image as one run on the whole would, and ``--merge`` joins their CSVs into one table.
@@ -131,7 +132,8 @@ def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequ
             f = int(task[2:])
             kernel = gaussian_kernel(0.5 * f)
             out.append(Setting(task, f"x{f} s{sr_noise:g}", sr_noise, f"gauss{0.5 * f:g}", f,
-                               lambda h, w, g, kernel=kernel, f=f: SuperResolution(kernel, f, sigma_from_255(sr_noise))))
+                               lambda h, w, g, kernel=kernel, f=f: SuperResolution(kernel, f, sigma_from_255(sr_noise),
+                                                                                   boundary)))
         elif task == "inpaint_random":
             out.append(Setting(task, "50% s2.55", 2.55, "", 1,
                                lambda h, w, g: Inpainting(random_mask(h, w, 0.5, generator=g), sigma_from_255(2.55))))
@@ -290,7 +292,7 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
     if method == "pnp-bm3d":
         return pnp_bm3d(y, op, bm3d, args.bm3d_iters, args.bm3d_lam)
     if method in ("pnp-hvae-circ", "wiener-circ"):  # what a circular model makes of y: restored on y's own grid
-        return run_method(method[:-5], y, Blur(op.kernel, op.sigma), prior, args, setting, bm3d)
+        return run_method(method[:-5], y, op.circular(), prior, args, setting, bm3d)
     raise ValueError(method)
 
 
@@ -572,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
                    help="pnp-hvae-circ, wiener-circ (with --boundary valid): the circular model on the same y")
     p.add_argument("--boundary", choices=["circular", "valid"], default="circular",
-                   help="deblur: circular (the published protocol) or valid (a photograph: y is the part of the "
-                        "linear convolution that the crop holds whole, kernel - 1 smaller; scored on y's frame)")
+                   help="deblur, sr2, sr4: circular (the published protocol) or valid (a photograph: y holds only "
+                        "the outputs whose kernel support lies inside the crop; scored on y's frame)")
     p.add_argument("--limit", type=int, help="N images (sorted by name)")
     p.add_argument("--start", type=int, default=0, help="skip the first N images; the noise seed follows the "
                    "image's index in the folder, so runs on --start 0 --limit 3 and --start 3 add up to --limit 6")
@@ -646,8 +648,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
     if not images:
         raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
-    if args.boundary == "valid" and set(args.tasks) != {"deblur"}:
-        raise SystemExit("error: --boundary valid is for --tasks deblur only")
+    if args.boundary == "valid" and not set(args.tasks) <= {"deblur", "sr2", "sr4"}:
+        raise SystemExit("error: --boundary valid is for --tasks deblur, sr2 and sr4 only")
     if args.boundary != "valid" and {"pnp-hvae-circ", "wiener-circ"} & set(args.methods):
         raise SystemExit("error: pnp-hvae-circ and wiener-circ compare models on a valid blur: add --boundary valid")
     settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise,

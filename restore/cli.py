@@ -150,7 +150,7 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
     if args.operator == "blur":
         return Blur(make_kernel(args), sigma, padding=args.boundary)
     if args.operator == "sr":
-        return SuperResolution(make_kernel(args), args.scale, sigma)
+        return SuperResolution(make_kernel(args), args.scale, sigma, padding=args.boundary)
     if args.mask is not None:
         mask = load_mask(args.mask)
     elif have_observation:
@@ -227,9 +227,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.operator == "sr" and args.scale < 1:
         raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
     if args.boundary == "auto":  # a file given as the observation is a real one: its scene goes on past the frame
-        args.boundary = "valid" if args.operator == "blur" and args.input is not None else "circular"
-    elif args.boundary == "valid" and args.operator != "blur":
-        raise UsageError(f"--boundary valid is for --operator blur; drop it for --operator {args.operator}")
+        args.boundary = "valid" if args.operator in ("blur", "sr") and args.input is not None else "circular"
+    elif args.boundary == "valid" and args.operator not in ("blur", "sr"):
+        raise UsageError(f"--boundary valid is for --operator blur or sr; drop it for --operator {args.operator}")
 
 
 def native_bf16_cpu() -> bool:
@@ -354,16 +354,18 @@ def run(args: argparse.Namespace) -> dict:
         x_hw = tuple(operator.x_shape(tuple(y[None].shape)))[-2:]
         if x_hw == tuple(clean.shape[-2:]):
             reference = operator.frame(clean[None])[0]
-        elif not (args.boundary == "valid" and tuple(y.shape[-2:]) == tuple(clean.shape[-2:])):  # valid: y's frame too
+        elif not (args.boundary == "valid" and tuple(clean.shape[-2:]) == (y.shape[-2] * operator.factor,
+                                                                          y.shape[-1] * operator.factor)):
             raise UsageError(f"--input {tuple(y.shape[-2:])} and --clean {tuple(clean.shape[-2:])} do not match for "
                              f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
     if y is not None and y.shape[0] != channels:
         raise UsageError("--input and --clean have different numbers of channels")
     if y is None:  # synthetic degradation, in float64 on the CPU, seeded
-        kernel = getattr(operator, "kernel", None)
-        if args.boundary == "valid" and (clean.shape[-2] < kernel.shape[0] or clean.shape[-1] < kernel.shape[1]):
-            raise UsageError(f"--clean image {clean.shape[-2]}x{clean.shape[-1]} is smaller than the "
-                             f"{kernel.shape[0]}x{kernel.shape[1]} kernel; --boundary valid needs a larger image")
+        if args.boundary == "valid":  # a blur or super-resolution: x's grid = margins around the frame
+            (t, b), (l, r) = operator.margins
+            if min(clean.shape[-2] - t - b, clean.shape[-1] - l - r) < operator.factor:
+                raise UsageError(f"--clean image {clean.shape[-2]}x{clean.shape[-1]} has no pixel inside this "
+                                 f"kernel's margins ({t + b} rows, {l + r} columns); --boundary valid needs a larger image")
         y = operator.degrade(clean[None].double(), generator=torch.Generator().manual_seed(args.seed))[0].float()
         reference = operator.frame(clean[None])[0]
     bit_depth = 16 if info is not None and info.bit_depth == 16 else 8

@@ -213,10 +213,33 @@ class Denoising(LinearOperator):
 
 
 class _FourierKernel(LinearOperator):
-    def __init__(self, kernel, sigma: float) -> None:
+    """A convolution with a centred kernel (then, for super-resolution, decimation), on a circular grid or, with
+    ``padding="valid"``, as a camera sees it: the observation holds only the outputs whose kernel support lies
+    inside the scene (deepinv's ``padding="valid"``), so nothing is assumed of the scene beyond the frame.
+
+    Valid: x lives on a grid with ``margins`` ((top, bottom), (left, right)) around the part y's pixels show
+    (its ``frame``: ``factor`` times y's size), just wide enough for every observed output's kernel support
+    and multiples of ``factor``. With C the circular operator on x's grid (exact on the observed outputs, whose
+    supports do not wrap) and S the crop of its output to y's window, A = S C and
+    prox_l2(z, y, gamma) = argmin ||S C x - y||^2 / (2 sigma^2) + ||x - z||^2 / (2 gamma^2), i.e.
+    (C^T S^T S C + rho) x = C^T S^T y + rho z, solved by conjugate gradients (:mod:`restore.cg`) to a relative
+    residual of ``cg_tol``, preconditioned by (C^T C + rho)^-1 (the circular prox, closed form) and started
+    from the circular prox with C z in place of the observation outside y's window."""
+
+    PADDINGS = ("circular", "valid")
+    factor = 1
+
+    def __init__(self, kernel, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
+                 cg_max_iters: int = 200) -> None:
         super().__init__(sigma)
         self.register_buffer("kernel", validate_kernel(kernel))
         self._cache: dict[tuple, Tensor] = {}  # kernel spectra by (size, device, dtype, kind, kernel version)
+        if padding not in self.PADDINGS:
+            raise OperatorError(f"padding must be one of {self.PADDINGS}, got {padding!r}")
+        if not cg_tol > 0 or cg_max_iters < 1:
+            raise OperatorError(f"need cg_tol > 0 and cg_max_iters >= 1, got {cg_tol!r} and {cg_max_iters!r}")
+        self.padding, self.cg_tol, self.cg_max_iters = padding, float(cg_tol), int(cg_max_iters)
+        self.last_cg_iterations = 0  # of the latest valid prox (diagnostics only)
 
     def _otf(self, hw: tuple, like: Tensor, real: bool) -> Tensor:
         """Fourier transform of the kernel zero-padded to hw with its centre rolled to pixel (0, 0)."""
@@ -242,10 +265,137 @@ class _FourierKernel(LinearOperator):
         X = torch.fft.rfft2(x.to(K.real.dtype))
         return torch.fft.irfft2(X * (K.conj() if adjoint else K), s=x.shape[-2:]).to(x.dtype)
 
+    def _conv(self, x: Tensor, adjoint: bool = False) -> Tensor:
+        K = self._otf(x.shape[-2:], x, real=True)
+        X = torch.fft.rfft2(x.to(K.real.dtype))
+        return torch.fft.irfft2(X * (K.conj() if adjoint else K), s=x.shape[-2:]).to(x.dtype)
+
+    # the circular model, on the grid it is given (subclasses)
+    def _A_circ(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _At_circ(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _prox_circ(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
+        raise NotImplementedError
+
+    def _init_circ(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def circular(self) -> "_FourierKernel":
+        """The same operator with circular boundaries."""
+        raise NotImplementedError
+
+    # the valid model's geometry
+    @property
+    def valid(self) -> bool:
+        return self.padding == "valid"
+
+    @property
+    def margins(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)): x's grid beyond y's frame (0 when circular). An output at frame pixel
+        p reads x from p - (k - 1 - k // 2) to p + k // 2; the first observed output sits at the frame's first
+        pixel and the last at ``factor`` pixels before its end; both margins are rounded up to multiples of
+        ``factor`` (for a blur: k - 1 - k // 2 and k // 2)."""
+        if not self.valid:
+            return (0, 0), (0, 0)
+        f = self.factor
+
+        def axis(k: int) -> tuple[int, int]:
+            before, after = k - 1 - k // 2, max(0, k // 2 + 1 - f)
+            return -(-before // f) * f, -(-after // f) * f
+
+        return axis(int(self.kernel.shape[0])), axis(int(self.kernel.shape[1]))
+
+    @property
+    def frame_offset(self) -> tuple[int, int]:
+        """(rows, cols) from x's first pixel to the frame's."""
+        (t, _), (l, _) = self.margins
+        return t, l
+
+    def x_shape(self, y_shape: tuple) -> tuple:
+        (t, b), (l, r) = self.margins
+        f = self.factor
+        return (*y_shape[:-2], y_shape[-2] * f + t + b, y_shape[-1] * f + l + r)
+
+    def frame(self, x: Tensor) -> Tensor:
+        """x cropped to the pixels that y's show (all of x when circular)."""
+        if not self.valid:
+            return x
+        (t, b), (l, r) = self.margins
+        return x[..., t:x.shape[-2] - b, l:x.shape[-1] - r]
+
+    def _embed(self, y: Tensor) -> Tensor:
+        """y zero-padded to the circular model's output grid on x's grid."""
+        (t, b), (l, r) = self.margins
+        f = self.factor
+        return F.pad(y, (l // f, r // f, t // f, b // f))
+
+    def _window(self, out: Tensor) -> Tensor:
+        """The circular model's output on x's grid cropped to y's window."""
+        (t, b), (l, r) = self.margins
+        f = self.factor
+        return out[..., t // f:out.shape[-2] - b // f, l // f:out.shape[-1] - r // f]
+
+    def _check_x(self, x: Tensor) -> None:
+        (t, b), (l, r) = self.margins
+        f = self.factor
+        H, W = x.shape[-2:]
+        if self.valid and (H - t - b < f or W - l - r < f or (H - t - b) % f or (W - l - r) % f):
+            raise OperatorError(f"image {H}x{W} does not fit the valid model: it needs {t + b} + a positive multiple "
+                                f"of {f} rows and {l + r} + a positive multiple of {f} columns; crop or pad it")
+
+    # the operator
+    def A(self, x: Tensor) -> Tensor:
+        _check_image(x)
+        self._check_x(x)
+        return self._window(self._A_circ(x)) if self.valid else self._A_circ(x)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        _check_image(y, "observation y")
+        return self._At_circ(self._embed(y) if self.valid else y)
+
+    def init(self, y: Tensor) -> Tensor:
+        """The circular start on y's frame, continued by reflection (replication if too small) to x's grid."""
+        x = self._init_circ(y)
+        if not self.valid:
+            return x
+        (t, b), (l, r) = self.margins
+        mode = "reflect" if max(t, b) < x.shape[-2] and max(l, r) < x.shape[-1] else "replicate"
+        return F.pad(x.to(_work_dtype(x)), (l, r, t, b), mode=mode).to(y.dtype)
+
+    def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
+        _check_image(z, "prox point z")
+        self._check_x(z)
+        if not self.valid:
+            return self._prox_circ(z, y, gamma)
+        (t, b), (l, r) = self.margins
+        f = self.factor
+        self._check_pair(z, y, ((z.shape[-2] - t - b) // f, (z.shape[-1] - l - r) // f))
+        dt = _work_dtype(z)
+        zd, yd = z.to(dt), y.to(dt)
+        rho = _rho(self.sigma, gamma, zd)
+        inside = self._embed(torch.ones_like(yd[:1, :1]))  # 1 on y's window of the output grid, 0 outside
+        y_grid = self._embed(yd)
+        start = self._prox_circ(zd, y_grid + (1 - inside) * self._A_circ(zd), gamma)  # C z outside the window
+        zero = torch.zeros_like(y_grid)
+
+        def normal(v: Tensor) -> Tensor:  # (C^T S^T S C + rho) v
+            return self._At_circ(inside * self._A_circ(v)) + rho * v
+
+        def precondition(v: Tensor) -> Tensor:  # (C^T C + rho)^-1 v = the circular prox of v / rho with y = 0
+            return self._prox_circ(v / rho, zero, gamma)
+
+        rhs = self._At_circ(y_grid) + rho * zd
+        result = conjugate_gradient(normal, rhs, start, precondition, self.cg_tol, self.cg_max_iters)
+        self.last_cg_iterations = result.iterations
+        return result.solution.to(z.dtype)
+
     def lambda_min(self, image_size: tuple | None = None) -> float:
-        """min |K|^2 on the image_size frequency grid (default: a fine grid approximating all sizes); 0 for a
-        valid blur (x has more pixels than y)."""
-        if getattr(self, "padding", "circular") == "valid":
+        """min |K|^2 on the image_size frequency grid (default: a fine grid approximating all sizes); 0 when
+        valid (x has more pixels than y)."""
+        if self.valid:
             return 0.0
         if image_size is None:  # approximate the continuous spectrum on a fine grid
             n = max(256, 4 * max(self.kernel.shape))
@@ -259,134 +409,56 @@ class Blur(_FourierKernel):
 
     ``padding="circular"`` (default; the published protocol's synthetic degradation): x and y have one size and
     the convolution wraps around the border. prox: X = (conj(K) Y + rho Z) / (|K|^2 + rho) in Fourier.
+    ``padding="valid"`` (a photograph: the scene goes on past the frame): y is the part of the linear
+    convolution that the scene holds whole, x is ``kh - 1`` rows and ``kw - 1`` columns larger than y, and
+    the prox is solved by conjugate gradients (see :class:`_FourierKernel`)."""
 
-    ``padding="valid"`` (a real photograph: the scene goes on past the frame): y is the part of the linear
-    convolution that the frame holds whole, so x is ``kh - 1`` rows and ``kw - 1`` columns larger than y
-    (deepinv's ``padding="valid"``); nothing is assumed of the scene outside. A = S C, with C the circular
-    convolution on x's grid (exact on the valid part) and S the crop to it. prox: the minimiser of
-    ||S C x - y||^2 / (2 sigma^2) + ||x - z||^2 / (2 gamma^2), i.e. (C^T S^T S C + rho) x = C^T S^T y + rho z,
-    solved by conjugate gradients (:mod:`restore.cg`) to a relative residual of ``cg_tol``, preconditioned by
-    the circular prox (C^T C + rho)^-1 and started from the circular prox with A z in place of the
-    observation outside the frame. ``frame(x)`` crops x to y's pixels (``frame_offset`` rows and columns in).
-    """
+    def circular(self) -> "Blur":
+        return Blur(self.kernel, self.sigma)
 
-    PADDINGS = ("circular", "valid")
+    def _A_circ(self, x: Tensor) -> Tensor:
+        return self._conv(x)
 
-    def __init__(self, kernel, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
-                 cg_max_iters: int = 200) -> None:
-        super().__init__(kernel, sigma)
-        if padding not in self.PADDINGS:
-            raise OperatorError(f"blur padding must be one of {self.PADDINGS}, got {padding!r}")
-        if not cg_tol > 0 or cg_max_iters < 1:
-            raise OperatorError(f"need cg_tol > 0 and cg_max_iters >= 1, got {cg_tol!r} and {cg_max_iters!r}")
-        self.padding, self.cg_tol, self.cg_max_iters = padding, float(cg_tol), int(cg_max_iters)
-        self.last_cg_iterations = 0  # of the latest valid prox (diagnostics only)
+    def _At_circ(self, y: Tensor) -> Tensor:
+        return self._conv(y, adjoint=True)
 
-    @property
-    def valid(self) -> bool:
-        return self.padding == "valid"
-
-    @property
-    def frame_offset(self) -> tuple[int, int]:
-        """(rows, cols) between x's first pixel and y's: 0 when circular, kh - 1 - kh // 2 (odd kh: kh // 2)
-        when valid."""
-        if not self.valid:
-            return 0, 0
-        kh, kw = self.kernel.shape
-        return kh - 1 - kh // 2, kw - 1 - kw // 2
-
-    def x_shape(self, y_shape: tuple) -> tuple:
-        if not self.valid:
-            return tuple(y_shape)
-        kh, kw = self.kernel.shape
-        return (*y_shape[:-2], y_shape[-2] + kh - 1, y_shape[-1] + kw - 1)
-
-    def frame(self, x: Tensor) -> Tensor:
-        """x cropped to the observation's pixels (all of x when circular)."""
-        if not self.valid:
-            return x
-        kh, kw = self.kernel.shape
-        (r, c), (H, W) = self.frame_offset, (x.shape[-2] - kh + 1, x.shape[-1] - kw + 1)
-        return x[..., r:r + H, c:c + W]
-
-    def _pad_pair(self) -> tuple[int, int, int, int]:  # (left, right, top, bottom): y's frame -> x's grid
-        (r, c), (kh, kw) = self.frame_offset, self.kernel.shape
-        return c, kw - 1 - c, r, kh - 1 - r
-
-    def _check_x(self, x: Tensor) -> None:
-        kh, kw = self.kernel.shape
-        if self.valid and (x.shape[-2] < kh or x.shape[-1] < kw):
-            raise OperatorError(f"image {tuple(x.shape[-2:])} is smaller than the blur kernel {kh}x{kw}; with "
-                                "padding 'valid' x must be at least the kernel's size")
-
-    def A(self, x: Tensor) -> Tensor:
-        _check_image(x)
-        self._check_x(x)
-        return self.frame(self._conv(x))
-
-    def A_adjoint(self, y: Tensor) -> Tensor:
+    def _init_circ(self, y: Tensor) -> Tensor:
         _check_image(y, "observation y")
-        return self._conv(F.pad(y, self._pad_pair()) if self.valid else y, adjoint=True)
+        return y.clone()
 
-    def init(self, y: Tensor) -> Tensor:
-        """y itself (circular), or y continued by reflection (replication if too small) to x's grid (valid)."""
-        if not self.valid:
-            return y.clone()
-        _check_image(y, "observation y")
-        pads = self._pad_pair()
-        mode = "reflect" if max(pads[2:]) < y.shape[-2] and max(pads[:2]) < y.shape[-1] else "replicate"
-        return F.pad(y.to(_work_dtype(y)), pads, mode=mode).to(y.dtype)
-
-    def _prox_circular(self, z: Tensor, y: Tensor, rho: Gamma, K: Tensor) -> Tensor:
-        num = K.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(z)
-        return torch.fft.irfft2(num / (K.abs() ** 2 + rho), s=z.shape[-2:])
-
-    def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
-        self._check_x(z)
-        (kh, kw), (H, W) = self.kernel.shape, z.shape[-2:]
-        self._check_pair(z, y, (H - kh + 1, W - kw + 1) if self.valid else (H, W))
+    def _prox_circ(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
+        self._check_pair(z, y, z.shape[-2:])
         K = self._otf(z.shape[-2:], z, real=True)
         dt = K.real.dtype
         rho = _rho(self.sigma, gamma, z.to(dt))
-        zd, yd = z.to(dt), y.to(dt)
-        if not self.valid:
-            return self._prox_circular(zd, yd, rho, K).to(z.dtype)
-        pads = self._pad_pair()
-        inside = F.pad(torch.ones_like(yd[:1, :1]), pads)  # 1 on y's frame, 0 on the band outside it
-        y_grid = F.pad(yd, pads)
-        start = self._prox_circular(zd, y_grid + (1 - inside) * self._conv(zd), rho, K)  # A z outside the frame
-
-        def normal(v: Tensor) -> Tensor:  # (C^T S^T S C + rho) v
-            return self._conv(inside * self._conv(v), adjoint=True) + rho * v
-
-        def precondition(v: Tensor) -> Tensor:  # (C^T C + rho)^-1 v
-            return torch.fft.irfft2(torch.fft.rfft2(v) / (K.abs() ** 2 + rho), s=v.shape[-2:])
-
-        rhs = self._conv(y_grid, adjoint=True) + rho * zd
-        result = conjugate_gradient(normal, rhs, start, precondition, self.cg_tol, self.cg_max_iters)
-        self.last_cg_iterations = result.iterations
-        return result.solution.to(z.dtype)
+        num = K.conj() * torch.fft.rfft2(y.to(dt)) + rho * torch.fft.rfft2(z.to(dt))
+        return torch.fft.irfft2(num / (K.abs() ** 2 + rho), s=z.shape[-2:]).to(z.dtype)
 
 
 class SuperResolution(_FourierKernel):
     """y = (k (*) x)[::s, ::s] (circular blur, then keep the first pixel of each s x s block).
     prox (Zhao et al., IEEE TIP 2016): with R = F(A^T y + rho z), Pb = blockmean_s(|K|^2),
     X = (R - conj(K) tile_s(blockmean_s(K R) / (Pb + rho))) / rho, where blockmean_s averages the s x s aliased
-    spectral tiles ([s, H/s, s, W/s] view). Implemented as X = Z + conj(K) tile_s(F(y - A z) / (Pb + rho))."""
+    spectral tiles ([s, H/s, s, W/s] view). Implemented as X = Z + conj(K) tile_s(F(y - A z) / (Pb + rho)).
+    ``padding="valid"`` (a camera's low-resolution image): only the outputs whose kernel support lies inside the
+    scene are observed; x's grid has margins beyond the s-times-larger frame (see :class:`_FourierKernel`)."""
 
-    def __init__(self, kernel, factor: int, sigma: float) -> None:
+    def __init__(self, kernel, factor: int, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
+                 cg_max_iters: int = 200) -> None:
         if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
             raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
-        super().__init__(kernel, sigma)
         self.factor = int(factor)
+        super().__init__(kernel, sigma, padding, cg_tol, cg_max_iters)
+
+    def circular(self) -> "SuperResolution":
+        return SuperResolution(self.kernel, self.factor, self.sigma)
 
     def _check_hw(self, H: int, W: int) -> None:
         s = self.factor
         if H % s or W % s:
             raise OperatorError(f"image size {H}x{W} is not divisible by the super-resolution factor {s}; crop or pad the image")
 
-    def A(self, x: Tensor) -> Tensor:
-        _check_image(x)
+    def _A_circ(self, x: Tensor) -> Tensor:
         self._check_hw(*x.shape[-2:])
         return self._conv(x)[..., :: self.factor, :: self.factor]
 
@@ -396,11 +468,10 @@ class SuperResolution(_FourierKernel):
         up[..., ::s, ::s] = y
         return up
 
-    def A_adjoint(self, y: Tensor) -> Tensor:
-        _check_image(y, "observation y")
+    def _At_circ(self, y: Tensor) -> Tensor:
         return self._conv(self._upsample_zero(y), adjoint=True)
 
-    def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
+    def _prox_circ(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
         s = self.factor
         H, W = z.shape[-2:]
         self._check_hw(H, W)
@@ -417,13 +488,10 @@ class SuperResolution(_FourierKernel):
         X = Z + K.conj() * inv_w.repeat(*([1] * (inv_w.ndim - 2)), s, s)
         return torch.fft.ifft2(X).real.to(z.dtype)
 
-    def init(self, y: Tensor) -> Tensor:
+    def _init_circ(self, y: Tensor) -> Tensor:
         _check_image(y, "observation y")
         up = F.interpolate(y.to(_work_dtype(y)), scale_factor=self.factor, mode="bicubic", align_corners=False)
         return up.clamp(0, 1).to(y.dtype)
-
-    def x_shape(self, y_shape: tuple) -> tuple:
-        return (*y_shape[:-2], y_shape[-2] * self.factor, y_shape[-1] * self.factor)
 
     def lambda_min(self, image_size: tuple | None = None) -> float:
         """0 for factor > 1 (decimation is singular), else as for Blur."""

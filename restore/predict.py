@@ -46,7 +46,8 @@ def operator_spec(operator) -> dict:
     if isinstance(operator, Inpainting):
         return {"operator": "inpaint", "sigma": operator.sigma}
     if isinstance(operator, SuperResolution):
-        return {"operator": "sr", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "factor": operator.factor}
+        return {"operator": "sr", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "factor": operator.factor,
+                "padding": operator.padding}
     if isinstance(operator, Blur):
         return {"operator": "blur", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "padding": operator.padding}
     if isinstance(operator, Denoising):
@@ -180,9 +181,9 @@ class TiledJPMAP(L.LightningModule):
     that the x-step ignores (:meth:`restore.tiling.TileGrid.edge_band`, :class:`restore.tiling.WindowOperator`).
     ``batch_tiles``: the data loader's batch size (``tiles_per_batch``); with a compiled pass or CUDA graphs a
     smaller batch (the last one) is filled up to it with copies of its last tile, so that it runs the shape
-    already compiled. ``padding="valid"`` (blur): each window is solved with the valid model, exact for any
+    already compiled. ``padding="valid"`` (blur, sr): each window is solved with the valid model, exact for any
     window (its x grid holds all the scene pixels that its observations see, so no band), and the restored
-    window is cropped to its observation's frame."""
+    window is cropped to its frame."""
 
     def __init__(self, prior_path: str, jpmap_config: JPMAPConfig, operator: str, sigma: float,
                  kernel: Tensor | None = None, factor: int = 1, fill: list[float] | None = None,
@@ -193,7 +194,7 @@ class TiledJPMAP(L.LightningModule):
         self.prior = load_prior(prior_path)
         self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
         ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma, padding),
-               "sr": lambda: SuperResolution(kernel, factor, sigma), "inpaint": lambda: None}
+               "sr": lambda: SuperResolution(kernel, factor, sigma, padding), "inpaint": lambda: None}
         if operator not in ops:
             raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
         self.operator = ops[operator]()

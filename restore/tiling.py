@@ -142,17 +142,18 @@ class TileGrid:
     output (see :func:`axis_layout`) so that the prior's pooling cells fall where they fall in the whole image,
     and :meth:`segments` tells the z-step where a window crosses the image border (circular grids).
 
-    ``extent`` (rows, cols; a blur with ``padding="valid"``, :func:`valid_extent`): the solver's x grid exceeds
-    the observation's by this much, in the whole image as in every window (a window's x grid starts at the
-    window's first observation pixel in the whole x grid's coordinates); the restored tiles are cropped back to
-    the observation's frame before stitching, so the boxes and weights stay in observation pixels."""
+    ``extent`` (rows, cols; an operator with ``padding="valid"``, :func:`valid_extent`): the solver's x grid
+    exceeds the output frame by this much, in the whole image as in every window (a window's x grid starts at
+    ``out_box``'s first pixel in the whole x grid's coordinates, since both lie the same margin before their
+    frames); the restored tiles are cropped back to their frames before stitching, so the boxes and weights stay
+    in observation and output pixels."""
 
     def __init__(self, height: int, width: int, tile: int, halo: int, scale: int = 1, circular: bool = False,
                  multiple: int = 1, extent: tuple[int, int] = (0, 0)) -> None:
         if scale < 1 or multiple < 1:
             raise ValueError(f"scale and multiple must be >= 1, got scale={scale}, multiple={multiple}")
-        if any(extent) and (circular or scale != 1):
-            raise ValueError("an extended x grid (a valid blur) needs circular=False and scale 1")
+        if any(extent) and circular:
+            raise ValueError("an extended x grid (a valid operator) needs circular=False")
         self.height, self.width, self.tile, self.halo = height, width, tile, halo
         self.scale, self.circular, self.multiple = scale, circular, multiple
         self.extent = (int(extent[0]), int(extent[1]))
@@ -276,11 +277,12 @@ def is_circular(operator) -> bool:
 
 
 def valid_extent(operator) -> tuple[int, int]:
-    """(rows, cols) by which x's grid exceeds y's: kernel size - 1 for a valid blur, else (0, 0)."""
+    """(rows, cols) by which x's grid exceeds the output frame (``factor`` times y): the margins of a valid
+    operator (a blur's: kernel size - 1), else (0, 0)."""
     if getattr(operator, "padding", "circular") != "valid":
         return 0, 0
-    kh, kw = operator.kernel.shape
-    return int(kh) - 1, int(kw) - 1
+    (t, b), (l, r) = operator.margins
+    return t + b, l + r
 
 
 def xstep_radius(operator, gamma: float, mass: float = 1e-3) -> int:
@@ -296,8 +298,8 @@ def xstep_radius(operator, gamma: float, mass: float = 1e-3) -> int:
     kernel = getattr(operator, "kernel", None)
     if kernel is None:
         return 0
-    if not is_circular(operator):  # a valid blur's x-step reaches as far as the circular one's inside the frame
-        operator = type(operator)(kernel, operator.sigma)
+    if not is_circular(operator):  # a valid operator's x-step reaches as far as the circular one's inside the frame
+        operator = operator.circular()
     s = int(getattr(operator, "factor", 1))
     k = max(kernel.shape)
     n = s * 2 ** math.ceil(math.log2(max(256, 16 * k) / s))  # periodic image much wider than the response

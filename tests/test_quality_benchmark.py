@@ -64,6 +64,29 @@ def test_quality_main_writes_csv_and_tables(workspace, load_benchmark):
     assert "nan" not in text
 
 
+def test_valid_boundary_scores_every_method_on_the_observations_frame(workspace, tiny_model, load_benchmark, monkeypatch):
+    tmp, images, kernels = workspace
+    q = load_benchmark("quality")
+    monkeypatch.setattr(q, "lpips_metric", lambda mode, device: (None, "LPIPS off"))
+    out = tmp / "v.csv"
+    base = ["--folder", str(images), "--kernels", str(kernels), "--deblur-kernels", "9", "--deblur-noises", "7.65",
+            "--device", "cpu", "--threads", "1", "--tables", str(tmp / "v.md")]
+    q.main([*base, "--tasks", "deblur", "sr2", "--boundary", "valid", "--methods", "wiener", "wiener-circ",
+            "--out", str(out)])
+    written = _read(out)
+    assert [(r["task"], r["method"]) for r in written] == [("deblur", m) for m in ("wiener", "wiener-circ")] * 2 \
+        + [("sr2", m) for m in ("wiener", "wiener-circ")] * 2
+    # 7x7 kernel: the deblurring frame is 6 pixels smaller than the 32x48 crop; x2 (its 7x7 kernel): 4 + 2 margin
+    assert {(r["task"], r["height"], r["width"]) for r in written} == {("deblur", "26", "42"), ("sr2", "26", "42")}
+    for task in ("deblur", "sr2"):  # on smooth images the circular model's border error already shows
+        by = {r["method"]: float(r["psnr"]) for r in written if r["task"] == task and r["image"] == written[0]["image"]}
+        assert by["wiener"] > by["wiener-circ"], (task, by)
+    for bad in (["--tasks", "inpaint_random", "--boundary", "valid"], ["--tasks", "deblur", "--methods", "wiener-circ"]):
+        with pytest.raises(SystemExit):
+            q.main([*base, *bad, "--out", str(tmp / "never.csv")])
+    assert not (tmp / "never.csv").exists()
+
+
 def test_other_tasks_and_adam_recording(workspace, tiny_model, load_benchmark):
     tmp, images, kernels = workspace
     q = load_benchmark("quality")

@@ -103,6 +103,7 @@ def test_real_blurred_photo_default_valid_boundary(tmp_path, kernel_npy, capsys)
         assert read_image_with_info(out / "restored.png")[0].shape == (3, 48, 64)
         psnr[m["settings"]["boundary"]] = (m["psnr"], m["tikhonov"]["psnr"], m["degraded"]["psnr"])
     (valid, valid_wiener, degraded), (circular, circular_wiener, _) = psnr["valid"], psnr["circular"]
+    # measured: 25.31 against 15.43 dB (Wiener 23.52 against 18.22); the degraded image 18.49
     assert valid > degraded + 1 and valid > circular + 3 and valid_wiener > circular_wiener + 3, psnr
     # --clean alone with --boundary valid: the observation is the frame of the clean image's convolution
     code, cap = _run(["--clean", tmp_path / "sharp.png", "--kernel", kernel_npy, "--noise-std", "2.55",
@@ -111,6 +112,31 @@ def test_real_blurred_photo_default_valid_boundary(tmp_path, kernel_npy, capsys)
     assert read_image_with_info(tmp_path / "syn" / "restored.png")[0].shape == (3, 42, 58)
     assert read_image_with_info(tmp_path / "syn" / "degraded.png")[0].shape == (3, 42, 58)
     assert "degraded" in json.loads((tmp_path / "syn" / "metrics.json").read_text())
+
+
+def test_camera_low_resolution_image_default_valid_boundary(tmp_path, capsys):
+    """--operator sr --input: a camera's low-resolution image is valid too (x2 with its default Gaussian kernel);
+    the output is scale times the input, and better than the circular model's, which errs along the border."""
+    from data.images import builtin_images
+    from restore.operators import SuperResolution, gaussian_kernel
+
+    op = SuperResolution(gaussian_kernel(1.0), 2, 2.55 / 255, padding="valid")  # restore.py's default sr kernel
+    (t, b), (l, r) = op.margins
+    scene = torch.nn.functional.interpolate(builtin_images(3)[0][None], size=(64 + t + b, 80 + l + r), mode="area")
+    y = op.degrade(scene.clamp(0, 1).double(), generator=torch.Generator().manual_seed(0)).float()
+    write_image(tmp_path / "small.png", y[0].clamp(0, 1))
+    write_image(tmp_path / "sharp.png", op.frame(scene.clamp(0, 1))[0])
+    psnr = {}
+    for boundary in ("auto", "circular"):
+        out = tmp_path / boundary
+        code, cap = _run(["--input", tmp_path / "small.png", "--clean", tmp_path / "sharp.png", "--operator", "sr",
+                          "--scale", "2", "--noise-std", "2.55", "--iterations", "10", "--out", out,
+                          "--boundary", boundary], capsys)
+        assert code == 0, cap.err
+        m = json.loads((out / "metrics.json").read_text())
+        assert read_image_with_info(out / "restored.png")[0].shape == (3, 64, 80)
+        psnr[m["settings"]["boundary"]] = m["psnr"]
+    assert psnr["valid"] > psnr["circular"] + 1.0, psnr  # measured 27.71 against 25.74 dB
 
 
 def _bad_kernel(tmp_path):
@@ -126,7 +152,7 @@ def _small_png(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "nan_kernel", "neg_kernel", "mask_shape", "noise", "prior",
-                                  "not_ckpt", "no_kernel", "inpaint_input_no_mask", "pair_mismatch", "valid_sr",
+                                  "not_ckpt", "no_kernel", "inpaint_input_no_mask", "pair_mismatch", "valid_inpaint",
                                   "valid_small", "valid_mismatch"])
 def test_bad_input_one_line_error_and_nothing_written(tmp_path, clean_png, kernel_npy, capsys, case):
     out = tmp_path / "never"
@@ -156,8 +182,8 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, clean_png, kerne
         argv = [*base, "--operator", "blur"]
     elif case == "inpaint_input_no_mask":
         argv = ["--input", clean_png, "--operator", "inpaint", "--out", out]
-    elif case == "valid_sr":
-        argv = [*base, "--operator", "sr", "--boundary", "valid"]
+    elif case == "valid_inpaint":
+        argv = [*base, "--operator", "inpaint", "--boundary", "valid"]
     elif case == "valid_small":
         argv = [*base, "--kernel", kernel_npy, "--boundary", "valid", "--clean", _small_png(tmp_path)]
     elif case == "valid_mismatch":  # a reference neither of the observation's size nor of the scene's

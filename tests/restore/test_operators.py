@@ -29,6 +29,8 @@ def _make(name: str, C: int, H: int = 24, W: int = 30, sigma: float = 0.05):
         return Blur(_rand_kernel(), sigma)
     if name == "blur_valid":  # solved to round-off here, so that the tests below check the system it solves
         return Blur(_rand_kernel(), sigma, padding="valid", cg_tol=1e-13, cg_max_iters=500)
+    if name.startswith("sr") and name.endswith("_valid"):
+        return SuperResolution(_rand_kernel(), int(name[2]), sigma, padding="valid", cg_tol=1e-13, cg_max_iters=500)
     if name.startswith("sr"):
         return SuperResolution(_rand_kernel(), int(name[2:]), sigma)
     if name == "inpaint":
@@ -38,7 +40,7 @@ def _make(name: str, C: int, H: int = 24, W: int = 30, sigma: float = 0.05):
     raise KeyError(name)
 
 
-NAMES = ["denoise", "blur", "blur_valid", "sr1", "sr2", "sr3", "inpaint", "inpaint_w"]
+NAMES = ["denoise", "blur", "blur_valid", "sr1", "sr2", "sr3", "sr2_valid", "sr3_valid", "inpaint", "inpaint_w"]
 
 
 def _obs(op, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,7 @@ def _cg(apply, b, iters=500, tol=1e-13):
     return x
 
 
-@pytest.mark.parametrize("name", ["blur", "blur_valid", "sr2", "sr3"])
+@pytest.mark.parametrize("name", ["blur", "blur_valid", "sr2", "sr3", "sr2_valid"])
 def test_prox_matches_conjugate_gradient(name):
     op, gamma = _make(name, 3, sigma=0.1), 0.07
     z = torch.rand(1, 3, 24, 30, generator=_gen(7), dtype=DT)
@@ -119,6 +121,24 @@ def test_valid_blur_is_the_frame_of_the_linear_convolution(kh, kw):
     assert Blur(k, 0.01).frame(x) is x and Blur(k, 0.01).x_shape((2, 3, 5, 6)) == (2, 3, 5, 6)
 
 
+@pytest.mark.parametrize("factor,kh,kw", [(2, 7, 7), (3, 4, 6), (4, 13, 13), (2, 1, 2)])
+def test_valid_super_resolution_is_the_decimated_linear_convolution(factor, kh, kw):
+    k = _rand_kernel(kh, kw, seed=kh + kw)
+    op = SuperResolution(k, factor, 0.01, padding="valid")
+    (t, b), (l, r) = op.margins
+    assert t % factor == b % factor == l % factor == r % factor == 0
+    x = torch.rand(2, 3, factor * 6 + t + b, factor * 5 + l + r, generator=_gen(2), dtype=DT)
+    y = op.A(x)
+    assert y.shape[-2:] == (6, 5) and op.x_shape(tuple(y.shape)) == tuple(x.shape)
+    assert op.frame(x).shape[-2:] == (factor * 6, factor * 5) and op.init(y).shape == x.shape
+    full = F.conv2d(x, (k / k.sum()).flip(0, 1).expand(3, 1, kh, kw), groups=3)  # outputs centred at kh-1-kh//2
+    q0, p0 = t - (kh - 1 - kh // 2), l - (kw - 1 - kw // 2)  # y pixel j sits on the frame's pixel factor * j
+    assert q0 >= 0 and p0 >= 0
+    assert torch.allclose(y, full[..., q0::factor, p0::factor][..., :6, :5], atol=1e-12)
+    with pytest.raises(OperatorError, match="does not fit the valid model"):
+        op.A(x[..., 1:, :])
+
+
 def test_valid_blur_prox_default_tolerance_and_errors():
     op = Blur(gaussian_kernel(2.0), 2.55 / 255, padding="valid")  # the defaults: relative residual 1e-6
     z = torch.rand(2, 3, 40, 44, generator=_gen(3))  # float32, as restore.py runs it
@@ -131,8 +151,8 @@ def test_valid_blur_prox_default_tolerance_and_errors():
         assert float((x.double() - ref).abs().max()) < 5e-4, float((x.double() - ref).abs().max())  # 0.13 / 255
     with pytest.raises(OperatorError, match="padding"):
         Blur(torch.ones(3, 3), 0.1, padding="reflect")
-    with pytest.raises(OperatorError, match="smaller than the blur kernel"):
-        op.A(torch.rand(1, 1, 8, 30))
+    with pytest.raises(OperatorError, match="does not fit the valid model"):
+        op.A(torch.rand(1, 1, op.kernel.shape[0] - 1, 30))
     with pytest.raises(OperatorError, match="does not match"):
         op.prox_l2(z, y[..., 1:, :], 0.1)
     assert op.lambda_min() == 0.0

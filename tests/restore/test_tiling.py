@@ -67,6 +67,8 @@ def _operator(name: str):
         return Blur(gaussian_kernel(1.5, 7), 0.02)  # 7x7
     if name == "blur_valid":  # a real photograph's blur: the observation is the frame of the scene's convolution
         return Blur(gaussian_kernel(1.5, 7), 0.02, padding="valid")
+    if name == "sr_valid":  # a camera's low-resolution image
+        return SuperResolution(gaussian_kernel(1.0, 7), 2, 0.02, padding="valid")
     if name == "denoise":
         return Denoising(0.05)
     if name == "inpaint":
@@ -115,18 +117,25 @@ def test_partition_of_unity_and_equal_tiles(size, tile, halo, scale, circular, m
 
 
 @pytest.mark.parametrize("multiple", [1, 4, 8])
-def test_valid_blur_windows_cover_their_scene_on_the_whole_images_pooling_grid(multiple):
-    """With an extended x grid (a valid blur) a window's x grid is its observation box grown by the kernel
-    less one, starting at the box's first observation pixel in the whole x grid; the z-step's piece covers it
-    and sits on the whole (H + kh - 1) x (W + kw - 1) grid's pooling cells."""
-    op = Blur(torch.ones(7, 4), 0.1, padding="valid")
-    assert not is_circular(op) and valid_extent(op) == (6, 3) and valid_extent(Blur(torch.ones(7, 4), 0.1)) == (0, 0)
-    assert default_halo(op, 4, 10 / 255) == default_halo(Blur(torch.ones(7, 4), 0.1), 4, 10 / 255)
-    grid = TileGrid(90, 122, 32, 12, 1, False, multiple, extent=valid_extent(op))
-    assert len(grid) > 4 and grid.describe()["extent"] == [6, 3]
-    for t in grid.tiles:
-        for segs, a, n, length in (((grid.segments(t))[0], t.obs_box.r0, 90 + 6, grid.tile_shape[0] + 6),
-                                   ((grid.segments(t))[1], t.obs_box.c0, 122 + 3, grid.tile_shape[1] + 3)):
+@pytest.mark.parametrize("scale", [1, 2])
+def test_valid_windows_cover_their_scene_on_the_whole_images_pooling_grid(multiple, scale):
+    """With an extended x grid (a valid operator) a window's x grid is its output box grown by the margins,
+    starting at the box's first output pixel in the whole x grid's coordinates; the z-step's piece covers it
+    and sits on the whole x grid's pooling cells."""
+    op = (Blur(torch.ones(7, 4), 0.1, padding="valid") if scale == 1 else
+          SuperResolution(torch.ones(7, 4), 2, 0.1, padding="valid"))
+    (t, b), (l, r) = op.margins
+    assert not is_circular(op) and valid_extent(op) == (t + b, l + r) and valid_extent(op.circular()) == (0, 0)
+    assert valid_extent(Blur(torch.ones(7, 4), 0.1, padding="valid")) == (6, 3)
+    assert default_halo(op, 4, 10 / 255) == default_halo(op.circular(), 4, 10 / 255)
+    grid = TileGrid(90, 122, 32, 12, scale, False, multiple, extent=valid_extent(op))
+    er, ec = grid.extent
+    assert len(grid) > 4 and grid.describe()["extent"] == [er, ec]
+    H, W = grid.out_shape
+    for tl in grid.tiles:
+        rows, cols = grid.segments(tl)
+        for segs, a, n, length in ((rows, tl.out_box.r0, H + er, grid.tile_shape[0] * scale + er),
+                                   (cols, tl.out_box.c0, W + ec, grid.tile_shape[1] * scale + ec)):
             assert len(segs) == 1 and segs[0].w0 == 0 and segs[0].w1 == length and a + length <= n
             assert (a - segs[0].before) % multiple == 0 and (length + segs[0].before + segs[0].after) % multiple == 0
     with pytest.raises(ValueError, match="circular=False"):
@@ -154,13 +163,13 @@ def test_default_halo_and_periodic_cut():
 
 
 # ------------------------------------------------------------------------------------- tiled vs whole image
-@pytest.mark.parametrize("name", ["blur", "blur_valid", "denoise", "inpaint", "sr"])
+@pytest.mark.parametrize("name", ["blur", "blur_valid", "denoise", "inpaint", "sr", "sr_valid"])
 def test_stitched_matches_whole_image(name, prior_path, clean, tmp_path):
     op = _operator(name)
     y = op.degrade(clean, generator=_gen(4)).float()
     whole = op.frame(jpmap(y, op, load_prior(prior_path), CONFIG).estimate).clamp(0, 1)  # valid: y's frame
     clean = op.frame(clean)
-    tile, halo = (24, 8) if name == "sr" else (48, 16)  # SR: observation pixels, i.e. 48 / 16 output pixels
+    tile, halo = (24, 8) if name.startswith("sr") else (48, 16)  # SR: observation pixels, i.e. 48 / 16 output pixels
     res = {}
     for mode in BLEND_MODES:
         out = restore_tiled(y[0], op, prior_path, CONFIG, tmp_path / mode / "x.npy", tile=tile, halo=halo,
