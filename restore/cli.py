@@ -64,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="missing box (repeatable); replaces the random mask")
     op.add_argument("--noise-std", type=float, default=7.65, help="Gaussian noise std on the 0-255 scale")
     op.add_argument("--boundary", choices=["auto", "circular", "valid"], default="auto",
-                    help="blur at the image border: circular (wraps around: the published protocol's synthetic "
-                         "degradation) or valid (a real photograph, whose scene goes on past the frame: nothing is "
-                         "assumed outside; the output keeps the observation's size); auto: valid for --input, "
-                         "circular for --clean alone")
+                    help="blur and sr at the image border: circular (wraps around: the published protocol's "
+                         "synthetic degradation) or valid (a real photograph, whose scene goes on past the frame: "
+                         "nothing is assumed outside; the output is the observation's frame); auto: valid for "
+                         "--input, circular for --clean alone")
     sv = p.add_argument_group("solver")
     sv.add_argument("--prior", type=Path, default=DEFAULT_PRIOR, help="prior export (prior.pt) or .ckpt")
     sv.add_argument("--method", choices=["jpmap", "adam"], default="jpmap")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cg import conjugate_gradient
+from .cg import CGResult, conjugate_gradient
 
 Gamma = float | Tensor
 
@@ -239,7 +239,6 @@ class _FourierKernel(LinearOperator):
         if not cg_tol > 0 or cg_max_iters < 1:
             raise OperatorError(f"need cg_tol > 0 and cg_max_iters >= 1, got {cg_tol!r} and {cg_max_iters!r}")
         self.padding, self.cg_tol, self.cg_max_iters = padding, float(cg_tol), int(cg_max_iters)
-        self.last_cg_iterations = 0  # of the latest valid prox (diagnostics only)
 
     def _otf(self, hw: tuple, like: Tensor, real: bool) -> Tensor:
         """Fourier transform of the kernel zero-padded to hw with its centre rolled to pixel (0, 0)."""
@@ -370,6 +369,14 @@ class _FourierKernel(LinearOperator):
         self._check_x(z)
         if not self.valid:
             return self._prox_circ(z, y, gamma)
+        return self.prox_l2_valid(z, y, gamma).solution.to(z.dtype)
+
+    def prox_l2_valid(self, z: Tensor, y: Tensor, gamma: Gamma) -> CGResult:
+        """The valid model's prox with the conjugate gradients' record (iterations, relative residual)."""
+        if not self.valid:
+            raise OperatorError("prox_l2_valid needs padding='valid'")
+        _check_image(z, "prox point z")
+        self._check_x(z)
         (t, b), (l, r) = self.margins
         f = self.factor
         self._check_pair(z, y, ((z.shape[-2] - t - b) // f, (z.shape[-1] - l - r) // f))
@@ -388,9 +395,7 @@ class _FourierKernel(LinearOperator):
             return self._prox_circ(v / rho, zero, gamma)
 
         rhs = self._At_circ(y_grid) + rho * zd
-        result = conjugate_gradient(normal, rhs, start, precondition, self.cg_tol, self.cg_max_iters)
-        self.last_cg_iterations = result.iterations
-        return result.solution.to(z.dtype)
+        return conjugate_gradient(normal, rhs, start, precondition, self.cg_tol, self.cg_max_iters)
 
     def lambda_min(self, image_size: tuple | None = None) -> float:
         """min |K|^2 on the image_size frequency grid (default: a fine grid approximating all sizes); 0 when

@@ -275,7 +275,7 @@ class TiledJPMAP(L.LightningModule):
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
-        dr, dc = getattr(self.operator, "frame_offset", (0, 0))  # the used boxes on x's grid (a valid blur's is larger)
+        dr, dc = getattr(self.operator, "frame_offset", (0, 0))  # the used boxes on x's grid (larger when valid)
         used_boxes = None if used is None else [(r0 + dr, r1 + dr, c0 + dc, c1 + dc)
                                                 for r0, r1, c0, c1 in torch.as_tensor(used).long().tolist()]
         everything = torch.arange(y.shape[0], device=y.device)
@@ -398,7 +398,9 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple,
                     extent=valid_extent(operator))
     kernel = spec.get("kernel")
-    if kernel is not None and is_circular(operator) and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
+    too_small = kernel is not None and (kernel.shape[0] > grid.tile_shape[0] * scale
+                                        or kernel.shape[1] > grid.tile_shape[1] * scale)
+    if too_small and is_circular(operator):  # a valid window's x grid holds the kernel whatever its size
         raise ValueError(f"tiles of {grid.tile_shape[0] * scale}x{grid.tile_shape[1] * scale} output pixels are "
                          f"smaller than the {kernel.shape[0]}x{kernel.shape[1]} kernel; use a larger --tile or --halo")
     masks = None

@@ -220,9 +220,8 @@ class TileGrid:
 
     def describe(self) -> dict:
         return {"height": self.height, "width": self.width, "tile": self.tile, "halo": self.halo,
-                "scale": self.scale, "circular": self.circular, "multiple": self.multiple, "extent": list(self.extent),
-                "tiles": len(self),
-                "tile_shape": list(self.tile_shape)}
+                "scale": self.scale, "circular": self.circular, "multiple": self.multiple,
+                "extent": list(self.extent), "tiles": len(self), "tile_shape": list(self.tile_shape)}
 
 
 class Segment(NamedTuple):
