@@ -32,15 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NOISE = {"blur": 7.65, "denoise": 25.0, "sr": 3.0, "inpaint": 3.0}  # 0-255 scale
 
 
-def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2, mask: str = "random"):
+def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2, mask: str = "random",
+                  boundary: str = "circular"):
     g = torch.Generator().manual_seed(0)
     sigma = sigma_from_255(noise255)
     if task == "blur":
-        return Blur(load_kernel(kernel), sigma)
+        return Blur(load_kernel(kernel), sigma, boundary)
     if task == "denoise":
         return Denoising(sigma)
     if task == "sr":
-        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma)
+        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma, boundary)
     if mask == "boxes":  # as benchmarks/quality.py's inpaint_boxes: 3 squares of a fifth of the side
         return Inpainting(random_box_mask(size, size, g), sigma)
     return Inpainting(random_mask(size, size, 0.5, generator=g), sigma)
@@ -69,9 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mask", choices=["random", "boxes"], default="random",
                    help="inpaint task: 50%% random pixels or 3 random boxes")
     p.add_argument("--divergence-guard", type=float, default=4.0, help="JPMAPConfig.divergence_guard (0: off)")
+    p.add_argument("--boundary", choices=["circular", "valid"], default="circular",
+                   help="blur, sr: circular (the protocol) or valid (photographs: the crop is the scene, y holds the "
+                        "outputs whose kernel support lies inside it; PSNR on y's frame)")
     p.add_argument("--start", choices=["init", "wiener"], default="init",
                    help="x_0: the operator's init (default) or the Wiener/Tikhonov estimate (grad std 0.1)")
     args = p.parse_args(argv)
+    if args.boundary == "valid" and args.task not in ("blur", "sr"):
+        p.error("--boundary valid is for --task blur or sr")
     _, val = split_files(list_images(args.folder), 0.05, 0, root=args.folder)
     s = args.size
     crops = []
@@ -84,16 +90,19 @@ def main(argv: list[str] | None = None) -> None:
     kernels = [Path(args.kernels) / f"{k}.npy" for k in (args.kernel_ids if args.task == "blur" else ["-"])]
     problems = []  # (operator, y, x_0, Wiener estimate) per kernel
     for kernel in kernels:
-        op = task_operator(args.task, s, kernel, noise, args.sr_factor, args.mask)
+        op = task_operator(args.task, s, kernel, noise, args.sr_factor, args.mask, args.boundary)
         y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
         wiener = tikhonov(y, op, grad_std=0.1).estimate
         problems.append((op, y, wiener if args.start == "wiener" else op.init(y), wiener))
     prior = load_prior(args.prior)
     where = f", kernels {' '.join(args.kernel_ids)}" if args.task == "blur" else ""
     print(f"# task {args.task}, noise {noise:g}/255{where}, prior {args.prior}, {len(crops)} validation crops of "
-          f"{s}x{s}, divergence guard {args.divergence_guard or 'off'}, x_0 {args.start}")
-    start_psnr = sum(psnr(x0, clean) for _, _, x0, _ in problems) / len(problems)
-    wiener_psnr = sum(psnr(w, clean) for _, _, _, w in problems) / len(problems)
+          f"{s}x{s}, {args.boundary} boundary, divergence guard {args.divergence_guard or 'off'}, x_0 {args.start}")
+    def score(op, x):  # on what y's pixels show (all of x unless valid)
+        return psnr(op.frame(x), op.frame(clean))
+
+    start_psnr = sum(score(op, x0) for op, _, x0, _ in problems) / len(problems)
+    wiener_psnr = sum(score(op, w) for op, _, _, w in problems) / len(problems)
     print(f"# PSNR of x_0 {start_psnr:.2f}, of Wiener (grad std 0.1) {wiener_psnr:.2f}")
     print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|---|")
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         for op, y, x0, _ in problems:
             r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
                                                 divergence_guard=args.divergence_guard or None), x0=x0)
-            px, pd = px + psnr(r.x, clean) / len(problems), pd + psnr(r.decoded, clean) / len(problems)
+            px, pd = px + score(op, r.x) / len(problems), pd + score(op, r.decoded) / len(problems)
         print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 
 

@@ -3,10 +3,12 @@ and --start wiener starts JPMAP from the Wiener estimate."""
 
 import re
 
+import numpy as np
 import torch
 
 from data.images import write_image
 from hvae.export import export_prior
+from restore.operators import gaussian_kernel
 
 
 def _psnr_lines(text: str) -> tuple[float, float, list[tuple[float, float]]]:
@@ -36,3 +38,23 @@ def test_tune_grid_and_start(tmp_path, tiny_model, load_benchmark, capsys, monke
     start_w, wiener_w, rows_w = _psnr_lines(capsys.readouterr().out)
     assert start_w == wiener_w == wiener and len(rows_w) == 4
     assert len(starts) == 4 and all(torch.equal(x0, tune.tikhonov(y, op, grad_std=0.1).estimate) for y, op, x0 in starts)
+
+
+def test_tune_valid_boundary_scores_the_frame(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    folder, kernels = tmp_path / "train", tmp_path / "kernels"
+    for i in range(60):
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
+        write_image(folder / f"im{i:02d}.png", x[0])
+    kernels.mkdir()
+    np.save(kernels / "1.npy", gaussian_kernel(1.0, 5).numpy())
+    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    tune = load_benchmark("tune")
+    seen, psnr = [], tune.psnr
+    monkeypatch.setattr(tune, "psnr", lambda x, ref: seen.append(tuple(x.shape[-2:])) or psnr(x, ref))
+    tune.main(["--task", "blur", "--boundary", "valid", "--kernels", str(kernels), "--kernel-ids", "1",
+               "--folder", str(folder), "--prior", str(prior), "--crops", "2", "--size", "20", "--gammas", "10",
+               "--taus", "1.0", "--iters", "1"])
+    out = capsys.readouterr().out
+    assert "valid boundary" in out and len(_psnr_lines(out)[2]) == 1
+    assert set(seen) == {(16, 16)}  # 20x20 crops, 5x5 kernel: every PSNR on the 16x16 frame
