@@ -264,11 +264,6 @@ class _FourierKernel(LinearOperator):
         X = torch.fft.rfft2(x.to(K.real.dtype))
         return torch.fft.irfft2(X * (K.conj() if adjoint else K), s=x.shape[-2:]).to(x.dtype)
 
-    def _conv(self, x: Tensor, adjoint: bool = False) -> Tensor:
-        K = self._otf(x.shape[-2:], x, real=True)
-        X = torch.fft.rfft2(x.to(K.real.dtype))
-        return torch.fft.irfft2(X * (K.conj() if adjoint else K), s=x.shape[-2:]).to(x.dtype)
-
     # the circular model, on the grid it is given (subclasses)
     def _A_circ(self, x: Tensor) -> Tensor:
         raise NotImplementedError
