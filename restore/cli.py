@@ -459,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if not metrics:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
     summary = {k: metrics[k] for k in ("psnr", "ssim", "iterations", "seconds") if k in metrics}
+    if args.operator in ("blur", "sr"):  # which model of the image border was used (auto picks it)
+        summary["boundary"] = args.boundary
     print(json.dumps(summary))
     print(f"wrote {args.out}/: {metrics.get('output', 'restored.png')}, metrics.json")
     return 0

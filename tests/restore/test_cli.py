@@ -100,6 +100,7 @@ def test_real_blurred_photo_default_valid_boundary(tmp_path, kernel_npy, capsys)
                           "--boundary", boundary], capsys)
         assert code == 0, cap.err
         m = json.loads((out / "metrics.json").read_text())
+        assert json.loads(cap.out.splitlines()[0])["boundary"] == m["settings"]["boundary"]  # printed too
         assert read_image_with_info(out / "restored.png")[0].shape == (3, 48, 64)
         psnr[m["settings"]["boundary"]] = (m["psnr"], m["tikhonov"]["psnr"], m["degraded"]["psnr"])
     (valid, valid_wiener, degraded), (circular, circular_wiener, _) = psnr["valid"], psnr["circular"]
