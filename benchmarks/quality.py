@@ -154,6 +154,12 @@ def centre_crop(x: Tensor, size: int | None, multiple: int = 1) -> Tensor:
     return x[..., top:top + th, left:left + tw]
 
 
+def frame_shape(setting: Setting, hw: tuple[int, int]) -> tuple[int, int]:
+    """The size the rows of ``setting`` are scored at for a crop of ``hw``: all of it, or y's frame when valid."""
+    op = setting.make(*hw, torch.Generator().manual_seed(0))
+    return tuple(op.frame(torch.empty(1, 1, *hw, device="meta")).shape[-2:])
+
+
 def observation(setting: Setting, clean: Tensor, seed: int, device: torch.device) -> tuple[object, Tensor]:
     """The protocol's degraded image of ``clean`` [1, C, H, W] under ``setting``: (operator, y), both on ``device``.
     One generator seeded ``seed`` (the run's seed + the image's index in its folder) draws the mask if any, then the
@@ -654,8 +660,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise SystemExit("error: pnp-hvae-circ and wiener-circ compare models on a valid blur: add --boundary valid")
     settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise,
                               args.boundary)
-    keys = {(args.dataset, name, s.task, s.name, *centre_crop(full, None, s.factor).shape[-2:])
-            for s in settings for _, name, full in images}
+    keys = {(args.dataset, name, s.task, s.name, *frame_shape(s, centre_crop(full, None, s.factor).shape[-2:]))
+            for s in settings for _, name, full in images}  # the rows' sizes: what is scored
     methods = list(args.methods)
     prior = None
     if {"pnp-hvae", "adam"} & set(methods) or args.figures:
@@ -719,8 +725,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "wiener": f"wiener grad std {args.wiener_grad_std:g}",
         "tv": f"tv lam = {args.tv_c:g} * sigma",
         "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}",
-        "pnp-hvae-circ": "pnp-hvae-circ as pnp-hvae, with a circular blur on y's grid",
-        "wiener-circ": "wiener-circ as wiener, with a circular blur on y's grid"}
+        "pnp-hvae-circ": "pnp-hvae-circ as pnp-hvae, with the circular model on y's frame",
+        "wiener-circ": "wiener-circ as wiener, with the circular model on y's frame"}
     described = [settings_of[m] for m in methods]
     lines = [f"### Restoration quality: {args.dataset} ({Path(args.folder).name}, {len(images)} images, {crop})", "",
              f"Machine: {machine}. Run time {elapsed / 60:.1f} min (including figures).", "",
