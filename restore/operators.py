@@ -360,11 +360,10 @@ class _FourierKernel(LinearOperator):
         return F.pad(x.to(_work_dtype(x)), (l, r, t, b), mode=mode).to(y.dtype)
 
     def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
+        if self.valid:
+            return self.prox_l2_valid(z, y, gamma).solution.to(z.dtype)
         _check_image(z, "prox point z")
-        self._check_x(z)
-        if not self.valid:
-            return self._prox_circ(z, y, gamma)
-        return self.prox_l2_valid(z, y, gamma).solution.to(z.dtype)
+        return self._prox_circ(z, y, gamma)
 
     def prox_l2_valid(self, z: Tensor, y: Tensor, gamma: Gamma) -> CGResult:
         """The valid model's prox with the conjugate gradients' record (iterations, relative residual)."""

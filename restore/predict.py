@@ -398,9 +398,8 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     grid = TileGrid(height, width, int(tile), halo, scale, circular=is_circular(operator), multiple=prior.multiple,
                     extent=valid_extent(operator))
     kernel = spec.get("kernel")
-    too_small = kernel is not None and (kernel.shape[0] > grid.tile_shape[0] * scale
-                                        or kernel.shape[1] > grid.tile_shape[1] * scale)
-    if too_small and is_circular(operator):  # a valid window's x grid holds the kernel whatever its size
+    # a circular tile wraps onto itself (a valid window's x grid holds the kernel whatever its size)
+    if grid.circular and (kernel.shape[0] > grid.tile_shape[0] * scale or kernel.shape[1] > grid.tile_shape[1] * scale):
         raise ValueError(f"tiles of {grid.tile_shape[0] * scale}x{grid.tile_shape[1] * scale} output pixels are "
                          f"smaller than the {kernel.shape[0]}x{kernel.shape[1]} kernel; use a larger --tile or --halo")
     masks = None
@@ -420,7 +419,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     del prior
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
-        band = grid.edge_band(tuple(kernel.shape) if kernel is not None and is_circular(operator) else None)
+        band = grid.edge_band(tuple(kernel.shape) if grid.circular else None)
         # a batch is filled up to the shape the full batches compile; no further than the image's tiles
         module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band,
                             batch_tiles=min(tiles_per_batch, len(grid)))
