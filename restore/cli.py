@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--mask-rate", type=float, default=0.5, help="fraction of missing pixels (random mask)")
     op.add_argument("--mask-box", action="append", default=[], metavar="TOP,LEFT,H,W",
                     help="missing box (repeatable); replaces the random mask")
-    op.add_argument("--noise-std", type=float, default=7.65, help="Gaussian noise std on the 0-255 scale")
+    op.add_argument("--noise-std", type=noise_std_arg, default=7.65,
+                    help="Gaussian noise std on the 0-255 scale, or auto: estimated from --input (patch PCA, "
+                         "restore/noise.py; within a few %% of the truth on 8-bit CBSD68 observations up to 25, "
+                         "BENCHMARKS.md, Noise estimate)")
     op.add_argument("--boundary", choices=["auto", "circular", "valid"], default="auto",
                     help="blur and sr at the image border: circular (wraps around: the published protocol's "
                          "synthetic degradation) or valid (a real photograph, whose scene goes on past the frame: "
@@ -118,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def noise_std_arg(text: str) -> float | str:
+    """``--noise-std``: a number on the 0-255 scale, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number (0-255 scale) nor auto") from None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -213,10 +226,25 @@ def apply_preset(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    """Checks the flags that do not depend on the noise level (see :func:`_validate_solver` for the rest)."""
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
-    if not math.isfinite(args.noise_std) or args.noise_std <= 0:
+    if args.noise_std == "auto":
+        if args.input is None:
+            raise UsageError("--noise-std auto estimates the noise of --input; to degrade --clean, give the noise "
+                             "to add as a number (0-255 scale)")
+    elif not math.isfinite(args.noise_std) or args.noise_std <= 0:
         raise UsageError(f"--noise-std must be > 0 on the 0-255 scale, got {args.noise_std}")
+    if args.operator == "sr" and args.scale < 1:
+        raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
+    if args.boundary == "auto":  # a file given as the observation is a real one: its scene goes on past the frame
+        args.boundary = "valid" if args.operator in ("blur", "sr") and args.input is not None else "circular"
+    elif args.boundary == "valid" and args.operator not in ("blur", "sr"):
+        raise UsageError(f"--boundary valid is for --operator blur or sr; drop it for --operator {args.operator}")
+
+
+def _validate_solver(args: argparse.Namespace) -> None:
+    """Fills the solver's flags from the preset at the (now known) noise level and checks them."""
     apply_preset(args)  # its setting depends on the (now valid) noise level
     if not args.gamma > 0:
         raise UsageError(f"--gamma must be > 0 on the 0-255 scale, got {args.gamma}")
@@ -224,12 +252,44 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     if not (args.divergence_guard == 0 or args.divergence_guard > 1):
         raise UsageError(f"--divergence-guard must be > 1 (or 0 to turn it off), got {args.divergence_guard}")
-    if args.operator == "sr" and args.scale < 1:
-        raise UsageError(f"--scale must be an integer >= 1, got {args.scale}")
-    if args.boundary == "auto":  # a file given as the observation is a real one: its scene goes on past the frame
-        args.boundary = "valid" if args.operator in ("blur", "sr") and args.input is not None else "circular"
-    elif args.boundary == "valid" and args.operator not in ("blur", "sr"):
-        raise UsageError(f"--boundary valid is for --operator blur or sr; drop it for --operator {args.operator}")
+
+
+ESTIMATE_BOX = 512  # --noise-std auto on a larger image pools the patches of a 3 x 3 grid of boxes of this side
+
+
+def estimate_input_noise(args: argparse.Namespace) -> float:
+    """``--noise-std auto``: the noise std (0-255 scale) of --input, from the patches of the whole image, or of
+    a 3 x 3 grid of 512 x 512 boxes spread over an image larger than 4 megapixels (read box by box); with
+    ``--operator inpaint``, of its observed pixels (--mask)."""
+    from .large_io import open_image
+    from .noise import NoiseEstimateError, estimate_noise_std
+    from .tiling import Box, cut
+    source = open_image(args.input, args.max_pixels)
+    _, h, w = source.shape
+    if h * w <= 4 * 2**20:
+        boxes = [Box(0, h, 0, w)]
+    else:
+        side_h, side_w = min(h, ESTIMATE_BOX), min(w, ESTIMATE_BOX)
+        boxes = [Box(r, r + side_h, c, c + side_w) for r in (0, (h - side_h) // 2, h - side_h)
+                 for c in (0, (w - side_w) // 2, w - side_w)]
+    mask = None
+    if args.operator == "inpaint":
+        if args.mask is None:
+            raise UsageError("--operator inpaint with --input needs --mask FILE (which pixels are observed)")
+        mask = load_mask(args.mask)
+        if tuple(mask.shape[-2:]) != (h, w):
+            raise UsageError(f"mask is {mask.shape[-2]}x{mask.shape[-1]} but the image is {h}x{w}; "
+                             "give a mask of the image's size")
+        mask = torch.stack([cut(mask.reshape(-1, h, w).amin(0, keepdim=True), b) for b in boxes])  # [B, 1, h, w]
+    crops = torch.stack([source.read(b) for b in boxes])  # [B, C, h, w]
+    try:
+        sigma = float(estimate_noise_std(crops, mask=mask, pooled=True)[0])
+    except NoiseEstimateError as err:
+        raise UsageError(f"--noise-std auto: {err}") from None
+    if not sigma * 255 > 0:
+        raise UsageError("--noise-std auto found no noise in --input (a noiseless or synthetic image?); "
+                         "give the noise level as a number")
+    return sigma * 255
 
 
 def native_bf16_cpu() -> bool:
@@ -322,6 +382,11 @@ def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int,
 def run(args: argparse.Namespace) -> dict:
     """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json."""
     _validate(args)
+    args.noise_estimated = args.noise_std == "auto"
+    if args.noise_estimated:
+        args.noise_std = estimate_input_noise(args)
+        print(f"noise std estimated from --input: {args.noise_std:.2f} (0-255 scale)", file=sys.stderr)
+    _validate_solver(args)
     cfg = solver_config(args)
     device = pick_device(args.device)
     sigma = sigma_from_255(args.noise_std)
@@ -459,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     if not metrics:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
     summary = {k: metrics[k] for k in ("psnr", "ssim", "iterations", "seconds") if k in metrics}
+    if args.noise_estimated:
+        summary["noise_std"] = round(args.noise_std, 3)
     if args.operator in ("blur", "sr"):  # which model of the image border was used (auto picks it)
         summary["boundary"] = args.boundary
     print(json.dumps(summary))

@@ -79,6 +79,14 @@ REFUSALS = [
     Refusal("unknown_operator", ("--clean", "@clean.png", "--operator", "sharpen"), "invalid choice"),
     Refusal("negative_noise", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "-3"), "--noise-std"),
     Refusal("zero_noise", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "0"), "--noise-std"),
+    Refusal("noise_not_a_number", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "lots"),
+            "neither a number"),
+    Refusal("noise_auto_without_observation", ("--clean", "@clean.png", "--operator", "denoise", "--noise-std", "auto"),
+            "--noise-std auto estimates the noise of --input"),
+    Refusal("noise_auto_image_too_small", ("--input", "@clean.png", "--operator", "denoise", "--noise-std", "auto"),
+            "give the noise level instead"),
+    Refusal("noise_auto_sparse_mask", ("--input", "@clean.png", "--operator", "inpaint", "--mask", "@mask_sparse.png",
+                                       "--noise-std", "auto"), "patches of observed pixels"),
     Refusal("cuda_graph_with_compile", ("--clean", "@clean.png", "--operator", "denoise", "--cuda-graph", "--compile",
                                         "default"), "--cuda-graph replays the eager pass"),
     Refusal("fast_path_flag_with_adam", ("--clean", "@clean.png", "--operator", "denoise", "--method", "adam",
@@ -162,6 +170,7 @@ def _images(d: Path) -> None:
     write_image(d / "one.png", clean[:, :1, :1])
     write_image(d / "small.png", clean[:, :4, :4])
     write_image(d / "mask.png", torch.ones(1, H // 2, W // 2))
+    write_image(d / "mask_sparse.png", (torch.arange(H * W).reshape(1, H, W) % 2).float())  # every other pixel
 
 
 def _kernels(d: Path) -> None:
