@@ -22,6 +22,7 @@ from hvae.export import PriorError, load_prior
 
 from .baselines import AdamConfig, adam_joint, tikhonov
 from .jpmap import JPMAPConfig, jpmap
+from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
 from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
@@ -254,7 +255,8 @@ def _validate_solver(args: argparse.Namespace) -> None:
         raise UsageError(f"--divergence-guard must be > 1 (or 0 to turn it off), got {args.divergence_guard}")
 
 
-ESTIMATE_BOX = 512  # --noise-std auto on a larger image pools the patches of a 3 x 3 grid of boxes of this side
+ESTIMATE_WHOLE_PIXELS = 4 * 2**20  # --noise-std auto reads an image of up to this many pixels whole; a larger one
+ESTIMATE_BOX = 512  # pools the patches of a 3 x 3 grid of boxes of this side, spread over it
 
 
 def estimate_input_noise(args: argparse.Namespace) -> float:
@@ -262,11 +264,10 @@ def estimate_input_noise(args: argparse.Namespace) -> float:
     a 3 x 3 grid of 512 x 512 boxes spread over an image larger than 4 megapixels (read box by box); with
     ``--operator inpaint``, of its observed pixels (--mask)."""
     from .large_io import open_image
-    from .noise import NoiseEstimateError, estimate_noise_std
     from .tiling import Box, cut
     source = open_image(args.input, args.max_pixels)
     _, h, w = source.shape
-    if h * w <= 4 * 2**20:
+    if h * w <= ESTIMATE_WHOLE_PIXELS:
         boxes = [Box(0, h, 0, w)]
     else:
         side_h, side_w = min(h, ESTIMATE_BOX), min(w, ESTIMATE_BOX)

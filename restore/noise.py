@@ -47,8 +47,9 @@ def _patch_covariance(images: Tensor, mask: Tensor | None, patch: int, max_patch
     if int(unclipped.sum()) >= MIN_PATCHES_PER_DIM * d:  # else (much of the image clipped) keep them all
         cols = cols[unclipped]
     if cols.shape[0] < MIN_PATCHES_PER_DIM * d:
-        raise NoiseEstimateError(f"only {cols.shape[0]} {patch}x{patch} patches of observed pixels to estimate the "
-                                 f"noise from (at least {MIN_PATCHES_PER_DIM * d} needed); give the noise level instead")
+        of = " of observed pixels" if mask is not None else ""
+        raise NoiseEstimateError(f"only {cols.shape[0]} {patch}x{patch} patches{of} to estimate the noise from (at "
+                                 f"least {MIN_PATCHES_PER_DIM * d} needed); give the noise level instead")
     cols = cols - cols.mean(0)
     return cols.T @ cols / cols.shape[0]
 

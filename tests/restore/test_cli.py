@@ -169,6 +169,40 @@ def test_noise_std_auto_estimates_the_observation_noise(tmp_path, kernel_npy, ca
     assert abs(psnr["auto"] - psnr["6"]) < 0.2, psnr
 
 
+def test_noise_std_auto_on_a_large_image_reads_boxes(tmp_path, monkeypatch):
+    """Above ESTIMATE_WHOLE_PIXELS the estimate pools a 3 x 3 grid of ESTIMATE_BOX boxes, read box by box; with
+    --operator inpaint, the mask's boxes go with them."""
+    import restore.cli as cli
+    from data.images import builtin_images
+
+    scene = builtin_images(3)[2][None, :, :160, :200].double()
+    y = scene + 8 / 255 * torch.randn(scene.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y[..., :, 100:] += 40 / 255 * torch.randn(1, 3, 160, 100, generator=torch.Generator().manual_seed(1),
+                                              dtype=torch.float64)  # unobserved: holds anything
+    write_image(tmp_path / "y.png", y[0].float().clamp(0, 1), bit_depth=16)
+    mask = torch.zeros(1, 160, 200)
+    mask[..., :100] = 1
+    write_image(tmp_path / "mask.png", mask)
+    monkeypatch.setattr(cli, "ESTIMATE_WHOLE_PIXELS", 100 * 100)
+    monkeypatch.setattr(cli, "ESTIMATE_BOX", 64)
+    read = []
+    monkeypatch.setattr(cli, "estimate_noise_std", _recording(read))
+    args = cli.build_parser().parse_args(["--input", str(tmp_path / "y.png"), "--operator", "inpaint", "--mask",
+                                          str(tmp_path / "mask.png"), "--noise-std", "auto"])
+    estimate = cli.estimate_input_noise(args)
+    assert read == [((9, 3, 64, 64), (9, 1, 64, 64))]
+    assert estimate == pytest.approx(8.0, rel=0.1)
+
+
+def _recording(calls):
+    from restore.noise import estimate_noise_std
+
+    def estimate(y, mask=None, **kwargs):
+        calls.append((tuple(y.shape), tuple(mask.shape)))
+        return estimate_noise_std(y, mask=mask, **kwargs)
+    return estimate
+
+
 def _bad_kernel(tmp_path):
     k = np.ones((5, 5), np.float32)
     k[0, 0] = np.nan
