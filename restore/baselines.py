@@ -121,7 +121,11 @@ def total_variation(y: Tensor, operator, lam: float = 0.02, max_iters: int = 300
         dual = dual + step_d * _grad(x_bar)
         norm = dual.pow(2).sum(1, keepdim=True).sqrt().clamp(min=weight) / weight
         dual = dual / norm  # projection onto the ball of radius ``weight``
-        x_new = operator.prox_l2(x + step_p * _div(dual), y, math.sqrt(step_p))
+        v = x + step_p * _div(dual)
+        if getattr(operator, "valid", False):  # conjugate gradients from the previous x: the prox point moves little
+            x_new = operator.prox_l2_valid(v, y, math.sqrt(step_p), x0=x).solution.to(x.dtype)
+        else:
+            x_new = operator.prox_l2(v, y, math.sqrt(step_p))
         x_bar = 2 * x_new - x
         res = float(((x_new - x) ** 2).mean().sqrt())
         x = x_new

@@ -134,6 +134,31 @@ def test_shipped_prior_improves_a_blurred_image_and_the_residual_shrinks():
     assert psnr(total_variation(y, op, lam=0.005).estimate) > psnr(y)
 
 
+def test_total_variation_valid_warm_starts_its_prox(monkeypatch):
+    """TV with a valid blur starts each x-step's conjugate gradients from the previous x: fewer steps (measured
+    28 against 62 per iteration at 96x96 with kernel 9), the same restoration."""
+    import restore.operators.fourier as fourier
+
+    clean = _clean_image()[..., :40, :40]
+    op = Blur(gaussian_kernel(1.5), 7.65 / 255, padding="valid")
+    y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
+    steps, original = {}, fourier._FourierKernel.prox_l2_valid
+    for warm in (True, False):
+        def counted(self, z, y, gamma, x0=None, warm=warm):
+            result = original(self, z, y, gamma, x0 if warm else None)
+            steps[warm] = steps.get(warm, 0) + result.iterations
+            return result
+        monkeypatch.setattr(fourier._FourierKernel, "prox_l2_valid", counted)
+        steps[f"x{warm}"] = op.frame(total_variation(y, op, lam=0.02, max_iters=60).estimate)
+    assert steps[True] < 0.7 * steps[False], steps
+
+    def psnr(x):
+        return float(-10 * torch.log10(((x.clamp(0, 1) - op.frame(clean)) ** 2).mean()))
+
+    # measured: 2156 against 3436 steps; 32.339 dB both (RMS difference 1.4e-4)
+    assert abs(psnr(steps["xTrue"]) - psnr(steps["xFalse"])) < 0.02
+
+
 def test_bf16_matches_fp32_on_cpu():
     prior = load_prior(SHIPPED)
     clean = _clean_image()[..., :32, :32]

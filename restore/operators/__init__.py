@@ -1,0 +1,21 @@
+"""Linear degradation operators y = A x + n, n ~ N(0, sigma^2 I), for PnP-HVAE restoration.
+
+Images are NCHW float tensors in [0, 1]. Each operator is a stateless ``nn.Module`` (deepinv naming):
+``A(x)``, ``A_adjoint(y)`` and ``prox_l2(z, y, gamma)``, the exact minimiser of
+``||A x - y||^2 / (2 sigma^2) + ||x - z||^2 / (2 gamma^2)``. Below, ``rho = sigma^2 / gamma^2``.
+"""
+from .base import Denoising, Gamma, LinearOperator, OperatorError, sigma_from_255
+from .fourier import Blur, SuperResolution
+from .inpainting import Inpainting, box_mask, load_mask, random_box_mask, random_mask
+from .kernels import gaussian_kernel, load_kernel, motion_kernel, validate_kernel
+
+__all__ = ["Blur", "Denoising", "Gamma", "Inpainting", "LinearOperator", "OPERATORS", "OperatorError", "SuperResolution",
+           "box_mask", "gaussian_kernel", "load_kernel", "load_mask", "motion_kernel", "random_box_mask", "random_mask",
+           "sigma_from_255", "validate_kernel"]
+
+OPERATORS: dict[str, type[LinearOperator]] = {
+    "denoise": Denoising,
+    "blur": Blur,
+    "sr": SuperResolution,
+    "inpaint": Inpainting,
+}

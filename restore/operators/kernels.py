@@ -1,0 +1,96 @@
+"""Blur kernels: checked (finite, non-negative, sum 1), read from files, Gaussian and motion."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import OperatorError, _read_array
+
+
+def validate_kernel(k) -> Tensor:
+    """Check a 2-D blur kernel (finite, non-negative, positive sum) and return it normalised to sum 1 (float64)."""
+    k = torch.as_tensor(k).detach().to("cpu", torch.float64)
+    if k.ndim != 2:
+        raise OperatorError(f"blur kernel must be 2-D [kh, kw], got shape {tuple(k.shape)}; give one kernel for all channels")
+    if k.numel() == 0 or not torch.isfinite(k).all():
+        raise OperatorError("blur kernel is empty or contains NaN/inf; give a finite non-negative kernel")
+    kmax = float(k.max())
+    if kmax <= 0 or float(k.sum()) <= 0:
+        raise OperatorError(f"blur kernel must have a positive sum, got sum {float(k.sum()):.4g}; give a non-negative kernel")
+    if float(k.min()) < -1e-6 * kmax:
+        raise OperatorError(f"blur kernel has negative entries (min {float(k.min()):.4g}); give a non-negative kernel")
+    k = k.clamp_min(0)
+    return k / k.sum()
+
+
+def load_kernel(path: str | Path) -> Tensor:
+    """Load a 2-D blur kernel from a .npy array or an image file (converted to grey); returned normalised to sum 1."""
+    arr = _read_array(path, "kernel")
+    if arr.ndim != 2:
+        raise OperatorError(f"kernel file {str(path)!r} holds an array of shape {arr.shape}; it must be 2-D")
+    try:
+        return validate_kernel(torch.from_numpy(arr))
+    except OperatorError as e:
+        raise OperatorError(f"kernel file {str(path)!r}: {e}") from None
+
+
+def gaussian_kernel(sigma_px: float, size: int | None = None) -> Tensor:
+    """Isotropic Gaussian kernel of std ``sigma_px`` pixels, size default 2*ceil(3 sigma)+1, sum 1."""
+    if not math.isfinite(sigma_px) or sigma_px <= 0:
+        raise OperatorError(f"Gaussian kernel std must be > 0 pixels, got {sigma_px!r}")
+    size = 2 * math.ceil(3 * sigma_px) + 1 if size is None else int(size)
+    if size < 1:
+        raise OperatorError(f"kernel size must be >= 1, got {size}")
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma_px**2))
+    k = g[:, None] * g[None, :]
+    return k / k.sum()
+
+
+def _gaussian_blur_zero(x: Tensor, std: float) -> Tensor:
+    """[N, C, H, W] blurred by a separable Gaussian of ``std`` px (3 std radius), zero outside the image."""
+    g = gaussian_kernel(std).sum(0).to(x)  # the 2D kernel's marginal: the normalised 1D Gaussian
+    radius, c = g.numel() // 2, x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+
+def _splat(points: Tensor, size: int) -> Tensor:
+    """Accumulate points (n, 2) = (row, col) into a size x size grid with bilinear weights."""
+    k = torch.zeros(size * size, dtype=torch.float64)
+    base = points.floor()
+    frac = points - base
+    for dr in (0, 1):
+        for dc in (0, 1):
+            r, c = base[:, 0].long() + dr, base[:, 1].long() + dc
+            w = (frac[:, 0] if dr else 1 - frac[:, 0]) * (frac[:, 1] if dc else 1 - frac[:, 1])
+            ok = (r >= 0) & (r < size) & (c >= 0) & (c < size)
+            k.index_add_(0, (r * size + c)[ok], w[ok])
+    return k.reshape(size, size)
+
+
+def motion_kernel(size: int = 25, length: float = 15, angle_deg: float = 0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Motion-blur kernel (sum 1): a straight line of ``length`` px at ``angle_deg``, or, with a ``generator``,
+    a random smooth trajectory of that length (random walk of the heading around ``angle_deg``)."""
+    if int(size) < 1 or not math.isfinite(length) or length < 0:
+        raise OperatorError(f"motion kernel needs size >= 1 and length >= 0, got size={size}, length={length}")
+    size, n = int(size), max(int(8 * length), 2)
+    theta = torch.full((n,), math.radians(angle_deg), dtype=torch.float64)
+    if generator is not None:
+        turn = torch.randn(n, generator=generator, dtype=torch.float64) * 0.1
+        theta = theta + turn.cumsum(0)
+    step = length / (n - 1)
+    d = torch.stack([-torch.sin(theta), torch.cos(theta)], 1) * step
+    pos = torch.cat([torch.zeros(1, 2, dtype=torch.float64), d[:-1].cumsum(0)])
+    pos = pos - (pos.amax(0) + pos.amin(0)) / 2
+    extent = float((pos.amax(0) - pos.amin(0)).max())
+    if extent > size - 1 > 0:
+        pos = pos * ((size - 1) / extent)
+    k = _splat(pos + (size - 1) / 2, size)
+    return k / k.sum()
