@@ -9,6 +9,9 @@ symmetric to first order): with the eigenvalues sorted ascending, lambda_1 <= ..
     sigma^2 = mean(lambda_1..lambda_m), for the largest m at which the mean is the median of lambda_1..lambda_m
               (as many of them above the mean as below).
 
+Patches holding a pixel at exactly 0 or 1 are left out while enough others remain: such a pixel was clipped when
+the observation was saved, and lost part of its noise. With a mask (inpainting), only wholly observed patches count.
+
 A blurred or decimated image fits that model best (the blur empties the high-frequency directions); an image
 with fine texture everywhere and little noise is over-estimated. The noise is assumed white and of one level in
 every channel (the operators' model); a camera's signal-dependent noise is estimated by its average.

@@ -87,6 +87,8 @@ REFUSALS = [
             "give the noise level instead"),
     Refusal("noise_auto_sparse_mask", ("--input", "@clean.png", "--operator", "inpaint", "--mask", "@mask_sparse.png",
                                        "--noise-std", "auto"), "patches of observed pixels"),
+    Refusal("noise_auto_noiseless", ("--input", "@flat.png", "--operator", "denoise", "--noise-std", "auto"),
+            "found no noise"),
     Refusal("cuda_graph_with_compile", ("--clean", "@clean.png", "--operator", "denoise", "--cuda-graph", "--compile",
                                         "default"), "--cuda-graph replays the eager pass"),
     Refusal("fast_path_flag_with_adam", ("--clean", "@clean.png", "--operator", "denoise", "--method", "adam",
@@ -170,6 +172,7 @@ def _images(d: Path) -> None:
     write_image(d / "one.png", clean[:, :1, :1])
     write_image(d / "small.png", clean[:, :4, :4])
     write_image(d / "mask.png", torch.ones(1, H // 2, W // 2))
+    write_image(d / "flat.png", torch.full((3, 48, 48), 0.5))  # enough patches, and no noise in them
     write_image(d / "mask_sparse.png", (torch.arange(H * W).reshape(1, H, W) % 2).float())  # every other pixel
 
 
