@@ -3,9 +3,12 @@
 - :func:`adam_joint`: Adam on J(x, z) = ||A x - y||^2/(2 sigma^2) + ||x - G(z)||^2/(2 gamma^2) - log p_tau(z)
   over x and all latents jointly (the comparison of Gonzalez et al. and Prost et al.).
 - :func:`tikhonov`: argmin ||A x - y||^2/(2 sigma^2) + ||grad x||^2/(2 s^2) (Wiener filter with a
-  gradient prior), solved by conjugate gradient with circular finite differences.
+  gradient prior), solved by conjugate gradient.
 - :func:`total_variation`: argmin ||A x - y||^2/(2 sigma^2) + lam * TV(x) (isotropic), by Chambolle-Pock
   with the operator's exact prox as the primal step.
+
+Both take finite differences on x's grid: circular, but for a valid blur or super-resolution, whose x is a piece
+of a scene that goes on past it, Neumann (no difference across the grid's last row and column).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .cg import conjugate_gradient
@@ -79,14 +83,29 @@ def adam_joint(y: Tensor, operator, prior: Prior, config: AdamConfig = AdamConfi
     return RestoreResult(estimate, x, decoded, history, config.max_iters, False, time.perf_counter() - start)
 
 
-def _grad(x: Tensor) -> Tensor:
-    """Circular forward differences, [N, 2, C, H, W]."""
-    return torch.stack([torch.roll(x, -1, -2) - x, torch.roll(x, -1, -1) - x], 1)
+def _grad(x: Tensor, wrap: bool = True) -> Tensor:
+    """Forward differences, [N, 2, C, H, W]: circular (``wrap``), or zero across the last row and column (Neumann:
+    the grid of a valid operator's x is a piece of a scene that does not wrap around)."""
+    g = torch.stack([torch.roll(x, -1, -2) - x, torch.roll(x, -1, -1) - x], 1)
+    if not wrap:
+        g[:, 0, ..., -1, :] = 0
+        g[:, 1, ..., :, -1] = 0
+    return g
 
 
-def _div(g: Tensor) -> Tensor:
-    """Negative adjoint of :func:`_grad`."""
-    return (g[:, 0] - torch.roll(g[:, 0], 1, -2)) + (g[:, 1] - torch.roll(g[:, 1], 1, -1))
+def _div(g: Tensor, wrap: bool = True) -> Tensor:
+    """Negative adjoint of :func:`_grad` (with the same ``wrap``)."""
+    if wrap:
+        return (g[:, 0] - torch.roll(g[:, 0], 1, -2)) + (g[:, 1] - torch.roll(g[:, 1], 1, -1))
+    rows, cols = g[:, 0].clone(), g[:, 1].clone()
+    rows[..., -1, :] = 0
+    cols[..., :, -1] = 0
+    return (rows - F.pad(rows, (0, 0, 1, 0))[..., :-1, :]) + (cols - F.pad(cols, (1, 0))[..., :, :-1])
+
+
+def _wraps(operator) -> bool:
+    """Whether the operator's x grid wraps around (every operator but a valid blur or super-resolution)."""
+    return not getattr(operator, "valid", False)
 
 
 @torch.no_grad()
@@ -95,8 +114,10 @@ def tikhonov(y: Tensor, operator, grad_std: float = 0.05, max_iters: int = 200, 
     start = time.perf_counter()
     s2, g2 = operator.sigma**2, grad_std**2
 
+    wrap = _wraps(operator)
+
     def normal(v: Tensor) -> Tensor:
-        return operator.A_adjoint(operator.A(v)) / s2 - _div(_grad(v)) / g2
+        return operator.A_adjoint(operator.A(v)) / s2 - _div(_grad(v, wrap), wrap) / g2
 
     solved = conjugate_gradient(normal, operator.A_adjoint(y) / s2, operator.init(y), tol=tol, max_iters=max_iters)
     x, k, history = solved.solution, solved.iterations, History()
@@ -114,14 +135,14 @@ def total_variation(y: Tensor, operator, lam: float = 0.02, max_iters: int = 300
     start = time.perf_counter()
     weight = lam / operator.sigma**2
     step_p = step_d = 1.0 / math.sqrt(8.0)  # ||grad||^2 <= 8
-    x = operator.init(y)
-    x_bar, dual = x.clone(), torch.zeros_like(_grad(x))
+    x, wrap = operator.init(y), _wraps(operator)
+    x_bar, dual = x.clone(), torch.zeros_like(_grad(x, wrap))
     history, k = History(), 0
     for k in range(1, max_iters + 1):
-        dual = dual + step_d * _grad(x_bar)
+        dual = dual + step_d * _grad(x_bar, wrap)
         norm = dual.pow(2).sum(1, keepdim=True).sqrt().clamp(min=weight) / weight
         dual = dual / norm  # projection onto the ball of radius ``weight``
-        v = x + step_p * _div(dual)
+        v = x + step_p * _div(dual, wrap)
         if getattr(operator, "valid", False):  # conjugate gradients from the previous x: the prox point moves little
             x_new = operator.prox_l2_valid(v, y, math.sqrt(step_p), x0=x).solution.to(x.dtype)
         else:
