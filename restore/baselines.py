@@ -112,9 +112,7 @@ def _wraps(operator) -> bool:
 def tikhonov(y: Tensor, operator, grad_std: float = 0.05, max_iters: int = 200, tol: float = 1e-6) -> RestoreResult:
     """argmin ||A x - y||^2/(2 sigma^2) + ||grad x||^2/(2 grad_std^2), by conjugate gradient."""
     start = time.perf_counter()
-    s2, g2 = operator.sigma**2, grad_std**2
-
-    wrap = _wraps(operator)
+    s2, g2, wrap = operator.sigma**2, grad_std**2, _wraps(operator)
 
     def normal(v: Tensor) -> Tensor:
         return operator.A_adjoint(operator.A(v)) / s2 - _div(_grad(v, wrap), wrap) / g2
