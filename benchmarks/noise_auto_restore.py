@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import sys
@@ -25,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality import SHARED, load_images  # noqa: E402
+from benchmarks.quality import SHARED, load_images, write_csv  # noqa: E402
 from data.images import write_image  # noqa: E402
 from restore.cli import main as restore_main  # noqa: E402
 from restore.operators import Blur, load_kernel, sigma_from_255  # noqa: E402
@@ -76,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} noise {noise:g}: estimate {row['estimate255']:.2f}, PSNR {row['psnr_auto']:.2f} auto, "
                       f"{row['psnr_true']:.2f} true", flush=True)
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows, list(rows[0]))
     print(f"{args.limit} crops of {args.crop} from {args.folder.name}, kernel {args.kernel}, valid boundary, 8-bit "
           f"observations, {time.perf_counter() - start:.0f} s")
     print("| noise | estimates (mean, min-max) | PSNR, true level | PSNR, --noise-std auto | difference |")

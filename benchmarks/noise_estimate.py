@@ -17,7 +17,6 @@ estimate / truth - 1 (the bias), and writes every estimate to a CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -28,9 +27,10 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality import SHARED, Setting, build_settings, centre_crop, load_images, observation  # noqa: E402
+from benchmarks.quality import (SHARED, Setting, build_settings, centre_crop, load_images,  # noqa: E402
+                                observation, write_csv)
 from restore.noise import estimate_noise_std  # noqa: E402
-from restore.operators import Denoising, sigma_from_255  # noqa: E402
+from restore.operators import Denoising, Inpainting, sigma_from_255  # noqa: E402
 
 
 def haar_mad(y: Tensor) -> float:
@@ -88,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "method": method, "estimate255": value * 255, "ratio": value / truth})
     seconds = time.perf_counter() - start
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows, list(rows[0]))
     print(f"{len(images)} images of {args.folder.name}, {'float' if args.no_quantize else '8-bit'} observations, "
           f"{seconds:.0f} s")
     print("| task | noise | pca: median abs err | pca: p90 | pca: bias | mad: median abs err | mad: p90 | mad: bias |")
@@ -112,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _renoised(op, noise: float):
-    from restore.operators import Inpainting
     return Inpainting(op.mask, sigma_from_255(noise))
 
 
