@@ -141,7 +141,7 @@ def total_variation(y: Tensor, operator, lam: float = 0.02, max_iters: int = 300
         norm = dual.pow(2).sum(1, keepdim=True).sqrt().clamp(min=weight) / weight
         dual = dual / norm  # projection onto the ball of radius ``weight``
         v = x + step_p * _div(dual, wrap)
-        if getattr(operator, "valid", False):  # conjugate gradients from the previous x: the prox point moves little
+        if not wrap:  # a valid operator: conjugate gradients from the previous x, as the prox point moves little
             x_new = operator.prox_l2_valid(v, y, math.sqrt(step_p), x0=x).solution.to(x.dtype)
         else:
             x_new = operator.prox_l2(v, y, math.sqrt(step_p))

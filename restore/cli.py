@@ -165,11 +165,9 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
         return Blur(make_kernel(args), sigma, padding=args.boundary)
     if args.operator == "sr":
         return SuperResolution(make_kernel(args), args.scale, sigma, padding=args.boundary)
-    if args.mask is not None:
-        mask = load_mask(args.mask)
-    elif have_observation:
-        raise UsageError("--operator inpaint with --input needs --mask FILE (which pixels are observed)")
-    elif args.mask_box:
+    if args.mask is not None or have_observation:
+        return Inpainting(read_mask(args, hw), sigma)
+    if args.mask_box:
         try:
             boxes = [tuple(int(v) for v in b.split(",")) for b in args.mask_box]
         except ValueError:
@@ -179,10 +177,18 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
         mask = box_mask(*hw, boxes)
     else:
         mask = random_mask(*hw, args.mask_rate, generator=torch.Generator().manual_seed(args.seed))
+    return Inpainting(mask, sigma)
+
+
+def read_mask(args: argparse.Namespace, hw: tuple[int, int]) -> Tensor:
+    """``--mask``, checked against the image's size (an observation, ``--input``, needs one)."""
+    if args.mask is None:
+        raise UsageError("--operator inpaint with --input needs --mask FILE (which pixels are observed)")
+    mask = load_mask(args.mask)
     if tuple(mask.shape[-2:]) != tuple(hw):
         raise UsageError(f"mask is {mask.shape[-2]}x{mask.shape[-1]} but the image is {hw[0]}x{hw[1]}; "
                          "give a mask of the image's size")
-    return Inpainting(mask, sigma)
+    return mask
 
 
 def to_prior_channels(x: Tensor, prior_channels: int) -> Tensor:
@@ -275,12 +281,7 @@ def estimate_input_noise(args: argparse.Namespace) -> float:
                  for c in (0, (w - side_w) // 2, w - side_w)]
     mask = None
     if args.operator == "inpaint":
-        if args.mask is None:
-            raise UsageError("--operator inpaint with --input needs --mask FILE (which pixels are observed)")
-        mask = load_mask(args.mask)
-        if tuple(mask.shape[-2:]) != (h, w):
-            raise UsageError(f"mask is {mask.shape[-2]}x{mask.shape[-1]} but the image is {h}x{w}; "
-                             "give a mask of the image's size")
+        mask = read_mask(args, (h, w))
         mask = torch.stack([cut(mask.reshape(-1, h, w).amin(0, keepdim=True), b) for b in boxes])  # [B, 1, h, w]
     crops = torch.stack([source.read(b) for b in boxes])  # [B, C, h, w]
     try:
