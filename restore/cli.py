@@ -24,7 +24,7 @@ from .baselines import AdamConfig, adam_joint, tikhonov
 from .jpmap import JPMAPConfig, jpmap
 from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
-from .tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
+from .tiled_cli import _positive, add_tiling_arguments, tiled_kwargs, use_tiles
 from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
                         load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255)
 
@@ -48,9 +48,12 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="restore.py", description=__doc__.splitlines()[0])
     src = p.add_argument_group("images")
-    src.add_argument("--input", type=Path, help="degraded observation y (its operator is described by the flags)")
+    src.add_argument("--input", type=Path, help="degraded observation y (its operator is described by the flags), "
+                                                 "or a folder of them (restore/folder.py)")
     src.add_argument("--clean", type=Path, help="clean image: degraded synthetically with --seed, or the "
-                                                 "reference for --input")
+                                                 "reference for --input; or a folder of them")
+    src.add_argument("--images-per-batch", type=_positive("--images-per-batch"), default=4,
+                     help="with folders: images of one size restored together, each stopping on its own residual")
     src.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="refuse images with more pixels than this (decompression-bomb guard)")
     op = p.add_argument_group("degradation")
@@ -158,15 +161,20 @@ def make_kernel(args: argparse.Namespace) -> Tensor:
     raise UsageError("--operator blur needs --kernel FILE, --blur-sigma S or --motion-length L")
 
 
-def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, have_observation: bool):
+def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, have_observation: bool,
+                  mask_file: Path | None = None, generator: torch.Generator | None = None):
+    """The operator of the flags for a restored image of size ``hw``. Inpainting's mask: ``mask_file`` (default
+    ``--mask``; an observation needs one), else ``--mask-box``, else a random mask drawn from ``generator``
+    (default: seeded ``--seed``)."""
     if args.operator == "denoise":
         return Denoising(sigma)
     if args.operator == "blur":
         return Blur(make_kernel(args), sigma, padding=args.boundary)
     if args.operator == "sr":
         return SuperResolution(make_kernel(args), args.scale, sigma, padding=args.boundary)
-    if args.mask is not None or have_observation:
-        return Inpainting(read_mask(args, hw), sigma)
+    mask_file = args.mask if mask_file is None else mask_file
+    if mask_file is not None or have_observation:
+        return Inpainting(read_mask(mask_file, hw), sigma)
     if args.mask_box:
         try:
             boxes = [tuple(int(v) for v in b.split(",")) for b in args.mask_box]
@@ -176,35 +184,81 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
             raise UsageError("--mask-box takes exactly four integers TOP,LEFT,H,W")
         mask = box_mask(*hw, boxes)
     else:
-        mask = random_mask(*hw, args.mask_rate, generator=torch.Generator().manual_seed(args.seed))
+        generator = torch.Generator().manual_seed(args.seed) if generator is None else generator
+        mask = random_mask(*hw, args.mask_rate, generator=generator)
     return Inpainting(mask, sigma)
 
 
-def read_mask(args: argparse.Namespace, hw: tuple[int, int]) -> Tensor:
-    """``--mask``, checked against the image's size (an observation, ``--input``, needs one)."""
-    if args.mask is None:
+def read_mask(path: Path | None, hw: tuple[int, int]) -> Tensor:
+    """The mask file ``path`` (``--mask``), checked against the image's size (an observation needs one)."""
+    if path is None:
         raise UsageError("--operator inpaint with --input needs --mask FILE (which pixels are observed)")
-    mask = load_mask(args.mask)
+    mask = load_mask(path)
     if tuple(mask.shape[-2:]) != tuple(hw):
-        raise UsageError(f"mask is {mask.shape[-2]}x{mask.shape[-1]} but the image is {hw[0]}x{hw[1]}; "
+        raise UsageError(f"mask {path.name} is {mask.shape[-2]}x{mask.shape[-1]} but the image is {hw[0]}x{hw[1]}; "
                          "give a mask of the image's size")
     return mask
 
 
+def solution_hw(args: argparse.Namespace, y_hw: tuple[int, int]) -> tuple[int, int]:
+    """The restored image's size for an observation of size ``y_hw`` (``sr``: ``--scale`` times larger)."""
+    return (y_hw[0] * args.scale, y_hw[1] * args.scale) if args.operator == "sr" else tuple(y_hw)
+
+
+def clean_for_scale(args: argparse.Namespace, clean: Tensor) -> Tensor:
+    """A clean image to degrade: for ``sr``, cropped to a multiple of ``--scale`` (refused if smaller than it)."""
+    if args.operator != "sr":
+        return clean
+    h, w = clean.shape[-2:]
+    if min(h, w) < args.scale:
+        raise UsageError(f"--clean image {h}x{w} is smaller than --scale {args.scale}; give a larger image")
+    return clean[:, : h - h % args.scale, : w - w % args.scale]
+
+
+def degrade_clean(operator, clean: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(y, reference) of a clean [C, H, W] image degraded synthetically (float64 on the CPU, ``generator``'s
+    noise); the reference is the part of the scene the restored image shows (a valid operator's frame)."""
+    if getattr(operator, "padding", "circular") == "valid":  # x's grid = margins around the frame
+        (t, b), (l, r) = operator.margins
+        if min(clean.shape[-2] - t - b, clean.shape[-1] - l - r) < operator.factor:
+            raise UsageError(f"--clean image {clean.shape[-2]}x{clean.shape[-1]} has no pixel inside this "
+                             f"kernel's margins ({t + b} rows, {l + r} columns); --boundary valid needs a larger image")
+    y = operator.degrade(clean[None].double(), generator=generator)[0].float()
+    return y, operator.frame(clean[None])[0]
+
+
+def reference_for(args: argparse.Namespace, operator, y: Tensor, clean: Tensor) -> Tensor:
+    """What the restoration of the observation ``y`` is compared with, given ``--clean`` as its reference: the
+    scene (framed by a valid operator) or, with ``--boundary valid``, the frame itself; refused if neither fits."""
+    if y.shape[0] != clean.shape[0]:
+        raise UsageError("--input and --clean have different numbers of channels")
+    x_hw = tuple(operator.x_shape(tuple(y[None].shape)))[-2:]
+    if x_hw == tuple(clean.shape[-2:]):
+        return operator.frame(clean[None])[0]
+    if args.boundary == "valid" and tuple(clean.shape[-2:]) == (y.shape[-2] * operator.factor,
+                                                               y.shape[-1] * operator.factor):
+        return clean
+    raise UsageError(f"--input {tuple(y.shape[-2:])} and --clean {tuple(clean.shape[-2:])} do not match for "
+                     f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
+
+
 def to_prior_channels(x: Tensor, prior_channels: int) -> Tensor:
-    """[1, C, H, W] image -> batch for the prior: colour through a grey prior runs channel by channel."""
-    if x.shape[1] == prior_channels:
+    """[B, C, H, W] images -> the prior's batch: colour through a grey prior runs channel by channel
+    ([B * C, 1, H, W]), grey through a colour prior as three equal channels."""
+    b, c, h, w = x.shape
+    if c == prior_channels:
         return x
     if prior_channels == 1:
-        return x.transpose(0, 1)  # [C, 1, H, W]
-    return x.expand(-1, 3, -1, -1).contiguous()
+        return x.reshape(b * c, 1, h, w)
+    return x.expand(b, prior_channels, h, w).contiguous()
 
 
 def from_prior_channels(x: Tensor, channels: int) -> Tensor:
-    if x.shape[1] == channels and x.shape[0] == 1:
+    """The prior's batch -> [B, channels, H, W] images (the inverse of :func:`to_prior_channels`)."""
+    if x.shape[1] == channels:
         return x
     if x.shape[1] == 1:
-        return x.transpose(0, 1)
+        return x.reshape(-1, channels, *x.shape[-2:])
     return x.mean(1, keepdim=True)
 
 
@@ -281,7 +335,7 @@ def estimate_input_noise(args: argparse.Namespace) -> float:
                  for c in (0, (w - side_w) // 2, w - side_w)]
     mask = None
     if args.operator == "inpaint":
-        mask = read_mask(args, (h, w))
+        mask = read_mask(args.mask, (h, w))
         mask = torch.stack([cut(mask.reshape(-1, h, w).amin(0, keepdim=True), b) for b in boxes])  # [B, 1, h, w]
     crops = torch.stack([source.read(b) for b in boxes])  # [B, C, h, w]
     try:
@@ -368,7 +422,7 @@ def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int,
     if args.method != "jpmap":
         raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
     channels, h, w = source_shape
-    hw = (h * args.scale, w * args.scale) if args.operator == "sr" else (h, w)
+    hw = solution_hw(args, (h, w))
     operator = make_operator(args, hw, sigma_from_255(args.noise_std), have_observation=True)
     suffix = ".png" if hw[0] * hw[1] <= 64 * 2**20 else ".tif"
     start = time.perf_counter()
@@ -382,7 +436,11 @@ def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int,
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json."""
+    """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json (a folder:
+    :func:`restore.folder.run_folder`)."""
+    from .folder import is_folder_run, run_folder
+    if is_folder_run(args):
+        return run_folder(args)
     _validate(args)
     args.noise_estimated = args.noise_std == "auto"
     if args.noise_estimated:
@@ -397,8 +455,7 @@ def run(args: argparse.Namespace) -> dict:
         from .large_io import open_image
         source = open_image(args.input, args.max_pixels)
         c, h, w = source.shape
-        hw_out = (h * args.scale, w * args.scale) if args.operator == "sr" else (h, w)
-        if use_tiles(args, *hw_out):
+        if use_tiles(args, *solution_hw(args, (h, w))):
             return run_tiled_input(args, cfg, source.shape, source.bit_depth)
     clean = info = y = None
     if args.clean is not None:
@@ -407,34 +464,14 @@ def run(args: argparse.Namespace) -> dict:
         y, in_info = read_image_with_info(args.input, max_pixels=args.max_pixels)
         info = info or in_info
     channels = (clean if clean is not None else y).shape[0]
-    if clean is not None and args.operator == "sr" and y is None:
-        h, w = clean.shape[-2:]
-        if min(h, w) < args.scale:
-            raise UsageError(f"--clean image {h}x{w} is smaller than --scale {args.scale}; give a larger image")
-        if h % args.scale or w % args.scale:  # crop the clean image so that it can be decimated
-            clean = clean[:, : h - h % args.scale, : w - w % args.scale]
-    hw = tuple(clean.shape[-2:]) if clean is not None else (
-        (y.shape[-2] * args.scale, y.shape[-1] * args.scale) if args.operator == "sr" else tuple(y.shape[-2:]))
+    if clean is not None and y is None:
+        clean = clean_for_scale(args, clean)
+    hw = tuple(clean.shape[-2:]) if clean is not None else solution_hw(args, tuple(y.shape[-2:]))
     operator = make_operator(args, hw, sigma, have_observation=y is not None)
-    reference = clean  # what the restored image (operator.frame of the solution) is compared with
-    if y is not None and clean is not None:
-        x_hw = tuple(operator.x_shape(tuple(y[None].shape)))[-2:]
-        if x_hw == tuple(clean.shape[-2:]):
-            reference = operator.frame(clean[None])[0]
-        elif not (args.boundary == "valid" and tuple(clean.shape[-2:]) == (y.shape[-2] * operator.factor,
-                                                                          y.shape[-1] * operator.factor)):
-            raise UsageError(f"--input {tuple(y.shape[-2:])} and --clean {tuple(clean.shape[-2:])} do not match for "
-                             f"--operator {args.operator}" + (f" with --scale {args.scale}" if args.operator == "sr" else ""))
-    if y is not None and y.shape[0] != channels:
-        raise UsageError("--input and --clean have different numbers of channels")
     if y is None:  # synthetic degradation, in float64 on the CPU, seeded
-        if args.boundary == "valid":  # a blur or super-resolution: x's grid = margins around the frame
-            (t, b), (l, r) = operator.margins
-            if min(clean.shape[-2] - t - b, clean.shape[-1] - l - r) < operator.factor:
-                raise UsageError(f"--clean image {clean.shape[-2]}x{clean.shape[-1]} has no pixel inside this "
-                                 f"kernel's margins ({t + b} rows, {l + r} columns); --boundary valid needs a larger image")
-        y = operator.degrade(clean[None].double(), generator=torch.Generator().manual_seed(args.seed))[0].float()
-        reference = operator.frame(clean[None])[0]
+        y, reference = degrade_clean(operator, clean, torch.Generator().manual_seed(args.seed))
+    else:
+        reference = None if clean is None else reference_for(args, operator, y, clean)
     bit_depth = 16 if info is not None and info.bit_depth == 16 else 8
     tiled = use_tiles(args, *hw)
     start = time.perf_counter()
@@ -525,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not metrics:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
-    summary = {k: metrics[k] for k in ("psnr", "ssim", "iterations", "seconds") if k in metrics}
+    summary = {k: metrics[k] for k in ("images", "psnr", "ssim", "iterations", "seconds") if k in metrics}
     if args.noise_estimated:
         summary["noise_std"] = round(args.noise_std, 3)
     if args.operator in ("blur", "sr"):  # which model of the image border was used (auto picks it)

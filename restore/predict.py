@@ -55,6 +55,16 @@ def operator_spec(operator) -> dict:
     raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
 
 
+def build_operator(operator: str, sigma: float, kernel: Tensor | None = None, factor: int = 1,
+                   padding: str = "circular"):
+    """The operator of a spec (:func:`operator_spec`): None for "inpaint", whose mask comes with each batch."""
+    ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma, padding),
+           "sr": lambda: SuperResolution(kernel, factor, sigma, padding), "inpaint": lambda: None}
+    if operator not in ops:
+        raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
+    return ops[operator]()
+
+
 def on_pooling_grid(segments: Segments) -> bool:
     """Whether a window lies on the whole image's pooling grid as it is (one piece per axis, nothing to pad before
     it): the network then sees it as :class:`SegmentedPrior` would, through jpmap's own padding at the end."""
@@ -193,11 +203,7 @@ class TiledJPMAP(L.LightningModule):
         self.batch_tiles = batch_tiles
         self.prior = load_prior(prior_path)
         self.config, self.name, self.sigma, self.fill = jpmap_config, operator, sigma, fill
-        ops = {"denoise": lambda: Denoising(sigma), "blur": lambda: Blur(kernel, sigma, padding),
-               "sr": lambda: SuperResolution(kernel, factor, sigma, padding), "inpaint": lambda: None}
-        if operator not in ops:
-            raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
-        self.operator = ops[operator]()
+        self.operator = build_operator(operator, sigma, kernel, factor, padding)
         if self.operator is not None and any(v for side in band for v in side):
             self.operator = WindowOperator(self.operator, tuple(tuple(int(v) for v in side) for side in band))
         self.tiles_done = 0  # tiles restored by this process (for tests and logs)
@@ -282,6 +288,7 @@ class TiledJPMAP(L.LightningModule):
         active = everything[:n]  # the copies that fill the batch up are computed, never waited for
         net = network_for(self.prior, cfg)  # bf16 weights and NHWC layout, once (SegmentedPrior is no nn.Module)
         done = 0
+        ran = torch.zeros(n, dtype=torch.long, device=y.device)  # iterations each item ran
         while done < cfg.max_iters and len(active):
             step = min(cfg.check_every, cfg.max_iters - done)
             run = everything if fixed else active  # the tiles computed in this chunk
@@ -305,9 +312,12 @@ class TiledJPMAP(L.LightningModule):
             if guard is not None:  # a tile that stopped keeps the iterate of its smallest residual
                 new_x, new_est = guard.update(rms, (new_x, new_est), active)
             x[active], est[active] = new_x, new_est
+            ran[active] += step
             done += step
             moving = rms >= cfg.tol if guard is None else (rms >= cfg.tol) & ~guard.stopped[active]
             active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
+        self.last_iterations = ran[::group].cpu()  # per tile (its `group` items run together)
+        self.last_diverged = (torch.zeros(n, dtype=torch.bool) if guard is None else guard.stopped[:n].cpu())[::group]
         return self.operator.frame(est[:n]) if self.operator is not None else est[:n]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:

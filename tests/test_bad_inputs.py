@@ -71,7 +71,7 @@ REFUSALS = [
     Refusal("kernel_negative_sum", ("--clean", "@clean.png", "--operator", "blur", "--kernel", "@negative.npy"),
             "positive sum"),
     Refusal("kernel_zero_sum", ("--clean", "@clean.png", "--operator", "blur", "--kernel", "@zero.npy"), "positive sum"),
-    Refusal("mask_wrong_shape", ("--clean", "@clean.png", "--operator", "inpaint", "--mask", "@mask.png"), "mask is"),
+    Refusal("mask_wrong_shape", ("--clean", "@clean.png", "--operator", "inpaint", "--mask", "@mask.png"), "but the image is"),
     Refusal("valid_boundary_smaller_than_kernel", ("--clean", "@small.png", "--operator", "blur", "--kernel",
                                                     "@k7.npy", "--boundary", "valid"), "--boundary valid needs a larger"),
     Refusal("valid_boundary_not_a_convolution", ("--clean", "@clean.png", "--operator", "denoise", "--boundary",

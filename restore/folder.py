@@ -1,0 +1,390 @@
+"""``restore.py --input DIR`` or ``--clean DIR``: every image of a folder, restored in batches, resumably, on one
+or many processes.
+
+Every image is read, degraded or matched with its reference and mask, and checked first: one that is unreadable,
+too large to restore whole or without its reference or mask stops the run with one line, before anything is
+written. Images of one shape and one noise level are restored together, ``--images-per-batch`` at a time, each
+stopping on its own residual (:meth:`restore.predict.TiledJPMAP._jpmap_per_tile`: an image's result does not
+depend on the images batched with it). The batches run in a Lightning predict loop: ``--devices N`` (and
+``--num-nodes``) split them between processes with DDP. Each image's outputs are written, atomically, as soon as
+its batch is done; after an interruption the same command resumes with the images that have no record yet.
+
+OUT/
+  restored/NAME.png      NAME: the image's path under the folder without its suffix (16-bit inputs: 16-bit PNGs)
+  degraded/NAME.png      the synthetic observation (``--clean DIR`` alone)
+  records/NAME.json      the image's figures, written after its images: an image with a record is done
+  metrics.csv            one row per image; metrics.json: the means, the settings and each noise level's solver
+  run.json               the folder's images and the settings; a rerun into OUT with others is refused
+
+``--clean DIR`` alone degrades each image as ``benchmarks/quality.py`` does: one generator seeded ``--seed`` + the
+image's index in the sorted folder draws the random mask (inpainting), then the noise. ``--input DIR`` holds real
+observations; ``--clean DIR2`` then gives their references and ``--mask DIR3`` their masks (inpainting), matched
+by NAME (one ``--mask FILE`` serves every image). ``--noise-std auto`` estimates each image's noise (on every
+process: seconds, next to minutes of restoration) and each image gets the preset's setting at its level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from data.images import DataError, atomic_write_bytes, list_images, read_image_with_info, write_image
+
+from .baselines import adam_joint, tikhonov
+from .cli import (UsageError, _validate, _validate_solver, clean_for_scale, degrade_clean, from_prior_channels,
+                  make_operator, metrics_of, pick_device, reference_for, solution_hw, solver_config, to_prior_channels)
+from .jpmap import JPMAPConfig
+from .noise import NoiseEstimateError, estimate_noise_std
+from .operators import Inpainting, load_mask, sigma_from_255
+from .predict import TiledJPMAP, _file_id, build_operator, operator_spec
+from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS
+
+FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
+          "diverged", "seconds")  # metrics.csv's columns
+NOT_SETTINGS = ("out", "no_progress", "devices", "accelerator", "strategy", "num_nodes", "images_per_batch",
+                "device", "tile", "halo", "tiles_per_batch", "blend", "keep_tiles", "max_pixels", "tensorboard")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the folder: ``index`` in the sorted folder (its degradation's seed is ``--seed`` + index),
+    ``name`` (its path under the folder without suffix), the file ``read`` (``--input``'s, or ``--clean``'s when
+    degrading it), its ``clean`` reference and ``mask`` files if any, the read image's [C, H, W] ``shape`` and
+    ``bit_depth``, its mask's channels (0 without one) and its noise std on the 0-255 scale."""
+
+    index: int
+    name: str
+    read: Path
+    clean: Path | None
+    mask: Path | None
+    shape: tuple[int, int, int]
+    bit_depth: int
+    mask_channels: int
+    noise: float
+
+
+def is_folder_run(args: argparse.Namespace) -> bool:
+    return any(p is not None and p.is_dir() for p in (args.input, args.clean))
+
+
+def _named(folder: Path, flag: str) -> dict[str, Path]:
+    """The images under ``folder`` by NAME (path under it, no suffix); two files of one NAME are refused."""
+    try:
+        files = list_images(folder)
+    except DataError as err:
+        raise UsageError(f"{flag}: {err}") from None
+    named: dict[str, Path] = {}
+    for f in files:
+        name = f.relative_to(folder).with_suffix("").as_posix()
+        if name in named:
+            raise UsageError(f"{flag}: {named[name].name} and {f.name} both give the name {name!r}; rename one")
+        named[name] = f
+    return named
+
+
+def _read(path: Path, args: argparse.Namespace) -> tuple[Tensor, int]:
+    image, info = read_image_with_info(path, max_pixels=args.max_pixels)
+    return image, 16 if info.bit_depth == 16 else 8
+
+
+def observe(args: argparse.Namespace, item: Item, image: Tensor | None = None) -> tuple[Tensor, Tensor | None, object]:
+    """(y [C, h, w], reference [C, H, W] or None, operator) of one image: its observation (``--input``), or its
+    clean image degraded with the generator seeded ``--seed`` + its index (``--clean`` alone)."""
+    image = _read(item.read, args)[0] if image is None else image
+    sigma = sigma_from_255(item.noise)
+    if args.input is not None:
+        clean = None if item.clean is None else _read(item.clean, args)[0]
+        hw = tuple(clean.shape[-2:]) if clean is not None else solution_hw(args, tuple(image.shape[-2:]))
+        operator = make_operator(args, hw, sigma, have_observation=True, mask_file=item.mask)
+        return image, None if clean is None else reference_for(args, operator, image, clean), operator
+    clean = clean_for_scale(args, image)
+    generator = torch.Generator().manual_seed(args.seed + item.index)
+    operator = make_operator(args, tuple(clean.shape[-2:]), sigma, have_observation=False, mask_file=item.mask,
+                             generator=generator)
+    y, reference = degrade_clean(operator, clean, generator)
+    return y, reference, operator
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
+    """Checks the folder run's flags and every image (see the module docstring); returns the images and the solver
+    setting (JPMAPConfig or AdamConfig) of each noise level."""
+    folder, flag = (args.input, "--input") if args.input is not None else (args.clean, "--clean")
+    other = args.clean if args.input is not None else None
+    if not folder.is_dir() or (other is not None and not other.is_dir()):
+        raise UsageError("--input and --clean: give two folders (images matched by name) or two files")
+    if args.tile is not None:
+        raise UsageError("--tile is for one large image; a folder's images are restored whole (drop --tile)")
+    if args.tensorboard:
+        raise UsageError("--tensorboard logs one image's iterations; drop it for a folder (metrics.csv has each "
+                         "image's figures)")
+    images = _named(folder, flag)
+    references = _named(other, "--clean") if other is not None else {}
+    masks: dict[str, Path] = {}
+    if args.operator == "inpaint" and args.mask is not None and args.mask.is_dir():
+        masks = _named(args.mask, "--mask")
+    elif args.operator == "inpaint" and args.input is not None and args.mask is None:
+        raise UsageError("--operator inpaint with --input needs --mask: a folder of masks named as the images, or "
+                         "one file for all")
+    items = []
+    for index, (name, path) in enumerate(images.items()):
+        for table, what in ((references, "--clean"), (masks, "--mask")):
+            if table and name not in table:
+                raise UsageError(f"{what} has no image named {name!r} (for {path.name}); give one for every image")
+        mask = masks.get(name, args.mask if args.operator == "inpaint" else None)
+        image, bit_depth = _read(path, args)
+        out_hw = solution_hw(args, tuple(image.shape[-2:])) if args.input is not None else image.shape[-2:]
+        if out_hw[0] * out_hw[1] > WHOLE_IMAGE_MAX_PIXELS:
+            raise UsageError(f"{path.name} restores to {out_hw[0]}x{out_hw[1]} pixels, more than the "
+                             f"{WHOLE_IMAGE_MAX_PIXELS} of a folder's images (restored whole); restore it alone "
+                             "(restore.py --input FILE goes tile by tile)")
+        noise = args.noise_std if args.noise_std != "auto" else _estimate(image, mask, path)
+        item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise)
+        y, reference, operator = observe(args, item, image)  # every refusal now, before anything is written
+        channels = operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0
+        items.append(Item(**{**asdict(item), "mask_channels": channels}))
+    configs = {}
+    for noise in sorted({it.noise for it in items}):
+        one = argparse.Namespace(**vars(args))
+        one.noise_std = noise
+        _validate_solver(one)
+        configs[noise] = solver_config(one)
+    return items, configs
+
+
+def _estimate(image: Tensor, mask_file: Path | None, path: Path) -> float:
+    """``--noise-std auto`` for one image of the folder (0-255; its observed pixels with a mask)."""
+    mask = None
+    if mask_file is not None:
+        mask = load_mask(mask_file)
+        if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
+            raise UsageError(f"mask {mask_file.name} is {mask.shape[-2]}x{mask.shape[-1]} but {path.name} is "
+                             f"{image.shape[-2]}x{image.shape[-1]}; give a mask of the image's size")
+        mask = mask.amin(0, keepdim=True)[None]
+    try:
+        sigma = float(estimate_noise_std(image[None], mask=mask)[0]) * 255
+    except NoiseEstimateError as err:
+        raise UsageError(f"--noise-std auto, {path.name}: {err}") from None
+    if not sigma > 0:
+        raise UsageError(f"--noise-std auto found no noise in {path.name}; give the noise level as a number")
+    return sigma
+
+
+def batches_of(items: list[Item], per_batch: int) -> list[list[int]]:
+    """Indices of ``items`` in batches of at most ``per_batch`` images of one shape, mask and noise level."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for k, it in enumerate(items):
+        groups[(it.shape, it.mask_channels, it.noise)].append(k)
+    return [g[i:i + per_batch] for g in groups.values() for i in range(0, len(g), per_batch)]
+
+
+class FolderData(L.LightningDataModule):
+    """Batches of the images without a record in ``out/records`` (listed in ``setup``, on every rank between
+    Lightning's setup barriers, before any record is written), padded by repeating batches up to the world size
+    (a repeated image is rewritten with the same values, atomically). A batch: {"items": [indices], "y":
+    [B, C, h, w], "reference": [B, C, H, W] or absent, "mask": [B, Cm, H, W] or absent}."""
+
+    def __init__(self, args: argparse.Namespace, items: list[Item]) -> None:
+        super().__init__()
+        self.args, self.items = args, items
+        self.batches: list[list[int]] = []
+
+    def setup(self, stage: str) -> None:
+        records = self.args.out / "records"
+        todo = [it for it in self.items if not (records / f"{it.name}.json").is_file()]
+        index = {it.name: k for k, it in enumerate(self.items)}
+        batches = [[index[todo[k].name] for k in b] for b in batches_of(todo, self.args.images_per_batch)]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        k = 0
+        while batches and len(batches) < world:
+            batches.append(batches[k])
+            k += 1
+        self.batches = batches
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_Batches(self.args, self.items, self.batches), batch_size=1, shuffle=False,
+                          collate_fn=_only)
+
+
+def _only(batch: list[dict]) -> dict:
+    return batch[0]  # an item of _Batches is a batch already
+
+
+class _Batches(Dataset):
+    def __init__(self, args: argparse.Namespace, items: list[Item], batches: list[list[int]]) -> None:
+        self.args, self.items, self.batches = args, items, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> dict:
+        seen = [observe(self.args, self.items[i]) for i in self.batches[k]]
+        batch = {"items": list(self.batches[k]), "y": torch.stack([y for y, _, _ in seen])}
+        if seen[0][1] is not None:
+            batch["reference"] = torch.stack([ref for _, ref, _ in seen])
+        if isinstance(seen[0][2], Inpainting):
+            batch["mask"] = torch.cat([op.mask.reshape(-1, *op.mask.shape[-3:]) for _, _, op in seen])
+        return batch
+
+
+class FolderJPMAP(TiledJPMAP):
+    """The restoration of a folder's batches: JPMAP through TiledJPMAP's per-item loop (each image stopping on its
+    own residual) with the batch's noise level and setting, or the Adam baseline; then each image's figures against
+    its reference, and a Wiener (Tikhonov) baseline's."""
+
+    def __init__(self, prior_path: str, spec: dict, items: list[Item], configs: dict[float, object],
+                 batch_images: int) -> None:
+        first = next(iter(configs.values()))
+        super().__init__(prior_path, first if isinstance(first, JPMAPConfig) else JPMAPConfig(), sigma=1.0, **spec,
+                         batch_tiles=batch_images)  # the batch's sigma and setting replace these in predict_step
+        self.spec, self.items, self.configs = spec, items, configs
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        items = [self.items[i] for i in batch["items"]]
+        y, mask, reference = batch["y"].float(), batch.get("mask"), batch.get("reference")
+        noise = items[0].noise
+        config, sigma = self.configs[noise], sigma_from_255(noise)
+        spec = {**self.spec, "sigma": sigma}
+        operator = build_operator(**spec)
+        whole = (Inpainting(mask.float(), sigma) if operator is None else operator).to(y.device)  # the batch's A
+        start = time.perf_counter()
+        if isinstance(config, JPMAPConfig):
+            self.config, self.sigma = config, sigma
+            self.operator = None if operator is None else operator.to(y.device)
+            x = self._solve(y, None if mask is None else mask.float())
+            iterations, diverged = self.last_iterations.tolist(), self.last_diverged.tolist()
+        else:
+            result = adam_joint(to_prior_channels(y, self.prior.image_channels), whole, self.prior, config)
+            x = from_prior_channels(whole.frame(result.estimate), y.shape[1])
+            iterations, diverged = [config.max_iters] * len(items), [False] * len(items)
+        seconds = (time.perf_counter() - start) / len(items)
+        finite = torch.isfinite(x).flatten(1).all(1).tolist()
+        if not all(finite):
+            bad = items[finite.index(False)].read
+            raise RuntimeError(f"{bad.name} restored to non-finite values; lower --gamma or raise --tau")
+        wiener = None
+        if reference is not None:
+            wiener = tikhonov(to_prior_channels(y, self.prior.image_channels), whole, grad_std=0.1).estimate
+            wiener = from_prior_channels(whole.frame(wiener), y.shape[1]).cpu()
+        out = []
+        for k, it in enumerate(items):
+            record = {"name": it.name, "input": str(it.read), "height": x.shape[-2], "width": x.shape[-1],
+                      "noise_std": it.noise, "iterations": iterations[k], "diverged": bool(diverged[k]),
+                      "seconds": seconds, "rank": self.global_rank}
+            if reference is not None:
+                ref = reference[k:k + 1].cpu()
+                record.update(metrics_of(x[k:k + 1].cpu(), ref))
+                record["tikhonov_psnr"] = metrics_of(wiener[k:k + 1], ref)["psnr"]
+                if y.shape[-2:] == ref.shape[-2:]:
+                    record["degraded_psnr"] = metrics_of(y[k:k + 1].cpu(), ref)["psnr"]
+            out.append({"item": it, "restored": x[k].cpu(), "degraded": y[k].cpu(), "record": record})
+        return out
+
+
+class FolderWriter(BasePredictionWriter):
+    """Writes each image of a batch: restored (and degraded, when synthetic) PNGs, then its record, atomically."""
+
+    def __init__(self, out: Path, synthetic: bool) -> None:
+        super().__init__(write_interval="batch")
+        self.out, self.synthetic = out, synthetic
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for r in prediction:
+            it: Item = r["item"]
+            kinds = (("restored", r["restored"]),) + ((("degraded", r["degraded"]),) if self.synthetic else ())
+            for kind, image in kinds:
+                path = self.out / kind / f"{it.name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_image(path, image.clamp(0, 1), bit_depth=it.bit_depth)
+            record = self.out / "records" / f"{it.name}.json"
+            record.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(record, json.dumps(r["record"], indent=1).encode())
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier("images_written")  # every rank's images are on disk when predict returns
+
+
+def _check_run(args: argparse.Namespace, items: list[Item]) -> None:
+    """OUT may only be resumed by the same run: compare with (or write) its run.json."""
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
+    text = json.dumps({"images": [str(it.read) for it in items], "prior": _file_id(args.prior), "settings": settings},
+                      indent=1, default=str)
+    run = args.out / "run.json"
+    if run.is_file():
+        if run.read_text() != text:
+            raise UsageError(f"{args.out} holds a run of other images, prior or settings; give another --out or "
+                             "delete that folder")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run, text.encode())
+
+
+def _lightning_device(args: argparse.Namespace) -> tuple[str, object]:
+    """(accelerator, devices): ``--accelerator``/``--devices``, or ``--device`` when those are left alone."""
+    if args.accelerator != "auto" or args.devices != 1 or args.device == "auto":
+        return args.accelerator, args.devices
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        return "gpu", [device.index or 0]
+    return device.type, 1
+
+
+def summarise(args: argparse.Namespace, items: list[Item], configs: dict[float, object]) -> dict:
+    """metrics.csv and metrics.json from every image's record; returns the means (restore.py prints them)."""
+    records = []
+    for it in items:
+        path = args.out / "records" / f"{it.name}.json"
+        if not path.is_file():
+            raise RuntimeError(f"{it.read.name} has no result in {path.parent}; rerun the same command to finish")
+        records.append(json.loads(path.read_text()))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_bytes(args.out / "metrics.csv", text.getvalue().encode())
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in records if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    means = {k: mean(k) for k in ("psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations", "noise_std")}
+    summary = {"images": len(records), **{k: v for k, v in means.items() if v is not None},
+               "diverged": sum(r["diverged"] for r in records), "seconds": sum(r["seconds"] for r in records)}
+    solver = {str(noise): asdict(cfg) for noise, cfg in configs.items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    atomic_write_bytes(args.out / "metrics.json", json.dumps({"mean": summary, "settings": settings, "solver": solver},
+                                                             indent=2, default=str).encode())
+    return {**summary, "output": f"restored/ ({len(records)} images), metrics.csv"}
+
+
+def run_folder(args: argparse.Namespace) -> dict:
+    """``restore.py`` with a folder (module docstring): plan and check, restore what is left, summarise."""
+    _validate(args)
+    args.noise_estimated = False  # per image with auto: metrics.csv's noise_std
+    items, configs = plan(args)
+    _check_run(args, items)
+    spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch
+    accelerator, devices = _lightning_device(args)
+    module = FolderJPMAP(str(args.prior), spec, items, configs, args.images_per_batch)
+    data = FolderData(args, items)
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=not args.no_progress, inference_mode=False,  # no_grad: each batch
+                        # builds its operators, whose kernel caches need tensors that track versions
+                        callbacks=[FolderWriter(args.out, synthetic=args.input is None)])
+    if any(not (args.out / "records" / f"{it.name}.json").is_file() for it in items):
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    if not trainer.is_global_zero:
+        return {}
+    return summarise(args, items, configs)
