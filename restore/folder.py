@@ -250,6 +250,15 @@ class FolderJPMAP(TiledJPMAP):
                          batch_tiles=batch_images)  # the batch's sigma and setting replace these in predict_step
         self.spec, self.items, self.configs = spec, items, configs
 
+    def _prior_operator(self, operator, mask: Tensor | None, sigma: float, channels: int):
+        """The batch's operator on the prior's batch (:func:`restore.cli.to_prior_channels`): inpainting's masks
+        follow colour images split into grey ones, channel by channel."""
+        if mask is None:
+            return operator
+        if self.prior.image_channels == 1 and channels > 1:
+            mask = mask.reshape(-1, 1, *mask.shape[-2:]) if mask.shape[1] == channels else mask.repeat_interleave(channels, 0)
+        return Inpainting(mask, sigma)
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         items = [self.items[i] for i in batch["items"]]
         y, mask, reference = batch["y"].float(), batch.get("mask"), batch.get("reference")
@@ -257,7 +266,7 @@ class FolderJPMAP(TiledJPMAP):
         config, sigma = self.configs[noise], sigma_from_255(noise)
         spec = {**self.spec, "sigma": sigma}
         operator = build_operator(**spec)
-        whole = (Inpainting(mask.float(), sigma) if operator is None else operator).to(y.device)  # the batch's A
+        prior_op = self._prior_operator(operator, None if mask is None else mask.float(), sigma, y.shape[1]).to(y.device)
         start = time.perf_counter()
         if isinstance(config, JPMAPConfig):
             self.config, self.sigma = config, sigma
@@ -265,8 +274,9 @@ class FolderJPMAP(TiledJPMAP):
             x = self._solve(y, None if mask is None else mask.float())
             iterations, diverged = self.last_iterations.tolist(), self.last_diverged.tolist()
         else:
-            result = adam_joint(to_prior_channels(y, self.prior.image_channels), whole, self.prior, config)
-            x = from_prior_channels(whole.frame(result.estimate), y.shape[1])
+            with torch.enable_grad():  # the predict loop runs under no_grad; Adam needs J's gradient
+                result = adam_joint(to_prior_channels(y, self.prior.image_channels), prior_op, self.prior, config)
+            x = from_prior_channels(prior_op.frame(result.estimate.detach()), y.shape[1])
             iterations, diverged = [config.max_iters] * len(items), [False] * len(items)
         seconds = (time.perf_counter() - start) / len(items)
         finite = torch.isfinite(x).flatten(1).all(1).tolist()
@@ -275,8 +285,8 @@ class FolderJPMAP(TiledJPMAP):
             raise RuntimeError(f"{bad.name} restored to non-finite values; lower --gamma or raise --tau")
         wiener = None
         if reference is not None:
-            wiener = tikhonov(to_prior_channels(y, self.prior.image_channels), whole, grad_std=0.1).estimate
-            wiener = from_prior_channels(whole.frame(wiener), y.shape[1]).cpu()
+            wiener = tikhonov(to_prior_channels(y, self.prior.image_channels), prior_op, grad_std=0.1).estimate
+            wiener = from_prior_channels(prior_op.frame(wiener), y.shape[1]).cpu()
         out = []
         for k, it in enumerate(items):
             record = {"name": it.name, "input": str(it.read), "height": x.shape[-2], "width": x.shape[-1],

@@ -125,6 +125,30 @@ def test_input_folder_with_references_masks_and_noise_estimates(tmp_path, capsys
     assert not (out / "degraded").exists()  # the observations are the user's own files
 
 
+@pytest.mark.parametrize("grey_prior", [False, True])
+def test_adam_and_a_grey_prior_on_a_colour_folder(tmp_path, clean_dir, capsys, tiny_config, grey_prior):
+    """--method adam, and a grey prior restoring colour images channel by channel (inpainting: each channel's
+    mask follows it), on a folder of colour and grey images in batches of two."""
+    from dataclasses import replace
+
+    from hvae.export import export_prior
+    from hvae.model import HierarchicalVAE
+
+    prior = tmp_path / "grey.pt"
+    export_prior(HierarchicalVAE(replace(tiny_config, image_channels=1)), prior)
+    argv = ["--clean", clean_dir, "--operator", "inpaint", "--mask-rate", "0.3", "--noise-std", "5",
+            "--iterations", "2", "--images-per-batch", "2", "--out", tmp_path / "o"]
+    argv += ["--prior", prior] if grey_prior else ["--method", "adam"]
+    code, cap = _run(argv, capsys)
+    assert code == 0, cap.err
+    rows = _rows(tmp_path / "o")
+    assert sorted(rows) == sorted(SIZES)
+    for name, row in rows.items():
+        assert np.isfinite(float(row["psnr"])) and np.isfinite(float(row["tikhonov_psnr"]))
+        restored = read_image_with_info(tmp_path / "o" / "restored" / f"{name}.png")[0]
+        assert restored.shape[0] == (1 if name == "c" else 3)
+
+
 @pytest.mark.parametrize("case", ["corrupt", "no_reference", "too_large", "tile", "file_and_folder", "empty",
                                   "same_name"])
 def test_folder_refusals_write_nothing(tmp_path, clean_dir, capsys, case, monkeypatch):
