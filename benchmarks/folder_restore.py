@@ -25,18 +25,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data.images import list_images, read_image, write_image  # noqa: E402
+from data.images import builtin_images, list_images, read_image, write_image  # noqa: E402
 
 
 def crops(folder: Path, out: Path, limit: int, size: int) -> list[Path]:
+    """Centre crops of ``size`` (or less) of the first ``limit`` images of ``folder`` (``builtin``: scikit-image's
+    photographs, no data needed) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    if str(folder) == "builtin":
+        images = [(f"photo{k:02d}", image) for k, image in enumerate(builtin_images(3)[:limit])]
+    else:
+        images = [(path.stem, read_image(path)) for path in list_images(folder)[:limit]]
     paths = []
-    for path in list_images(folder)[:limit]:
-        image = read_image(path)
+    for stem, image in images:
         h, w = image.shape[-2:]
         side_h, side_w = min(size, h), min(size, w)
         top, left = (h - side_h) // 2, (w - side_w) // 2
-        paths.append(out / f"{path.stem}.png")
+        paths.append(out / f"{stem}.png")
         write_image(paths[-1], image[:, top:top + side_h, left:left + side_w])
     return paths
 
@@ -52,13 +57,13 @@ def timed(argv: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--folder", type=Path, required=True)
+    p.add_argument("--folder", type=Path, required=True, help="a folder of images, or builtin")
     p.add_argument("--limit", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--kernel", type=Path, default=None, help="blur kernel (default: Gaussian of std 1.6)")
     p.add_argument("--noise-std", type=float, default=7.65)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--extra", default="", help="more restore.py flags for every run, e.g. '--iterations 10'")
+    p.add_argument("--extra", default="", help="more restore.py flags for every run, e.g. --extra='--iterations 10'")
     p.add_argument("--out", type=Path, default=Path("out/folder_bench"))
     p.add_argument("--csv", type=Path, default=None)
     args = p.parse_args()

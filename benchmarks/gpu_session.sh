@@ -26,8 +26,9 @@
 #        per run now, not one per number of tiles still running)
 #     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products,
 #        no host synchronisation in a sync-free update)
-#   bash benchmarks/gpu_session.sh sizes    # about 7.5 minutes at most (limits 250 + 200 s)
+#   bash benchmarks/gpu_session.sh sizes    # about 9.5 minutes at most (limits 250 + 200 + 120 s)
 #     7. 512x512 and 2048x2048 compiled (bf16-cl-cudagraphs-fused-mm), and 8 images of 320x448 per call, per image
+#    10. restore.py on a folder, 1 and 4 images per batch, against restore.py image by image
 #   bash benchmarks/gpu_session.sh train    # about 9.5 minutes at most (limits 400 + 170 s)
 #     8. the preset's training at batch 16 of 128x128, bf16 + channels_last compiled with CUDA graphs: core step,
 #        train.py's update with the skip decision read on the host (the third call: 174 images/s) and decided on
@@ -40,12 +41,12 @@
 #   pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client
 #   run(command="bash benchmarks/gpu_session.sh speed", carry=[".whl"], timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh checks", carry=[".whl"], timeout_s=590)
-#   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=480)
+#   run(command="bash benchmarks/gpu_session.sh sizes", timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh train", carry=[".whl"], timeout_s=590)
 #   (no images needed: the speed rows use random inputs, tiny.yaml scikit-image's photographs, the tiled rows a
 #   synthetic image and the shipped prior)
 # Everything lands in $OUT (8 files at most come back): gpu.txt, speed.json, speed.log, profile.txt (speed);
-# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log (sizes); gpu.txt,
+# gpu.txt, train.log, large.log, cuda_tests.log (checks); gpu.txt, speed.json, speed.log, folder.log (sizes); gpu.txt,
 # speed.json, speed.log, train.log (train). A step that fails or runs out of time leaves its log and the next step
 # runs.
 # Smoke run on a CPU (no CUDA; eager variants stand in for the compiled ones), for each PART:
@@ -65,6 +66,7 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then  # tiny settings: checks the plumbing
     FAST=(bf16-cl-fused-mm); FAST_SIZES=(64x64 64x128); TUNED=(bf16-cl-fused); TUNED_SIZES=(64x64)
     PROFILED=(bf16-cl-fused); PROFILE_SIZES=(64x64)
     SIZED=(bf16-cl-fused-mm); SIZED_SIZES=(64x64 128x128); BATCHED=(bf16-cl-fused-mm); BATCHED_SIZE=64x64
+    FOLDER=(--limit 2 --crop 64 "--extra=--iterations 2 --accelerator cpu")
     TRAIN=(--trainer.accelerator cpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.sync_free true --trainer.max_steps 10)
     TESTS=(tests/restore/test_jpmap_speed.py -k "pointwise")
@@ -80,6 +82,7 @@ else
     PROFILED=(bf16-cl-compile-fused-mm); PROFILE_SIZES=(320x448)
     SIZED=(bf16-cl-cudagraphs-fused-mm); SIZED_SIZES=(512x512 2048x2048)
     BATCHED=(bf16-cl-fused-mm-graph bf16-cl-cudagraphs-fused-mm); BATCHED_SIZE=320x448
+    FOLDER=(--limit 4 --crop 320 "--extra=--iterations 10 --accelerator gpu")
     TRAIN=(--trainer.accelerator gpu --trainer.precision bf16-mixed --model.speed.channels_last true
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --model.speed.sync_free true
            --trainer.max_steps 60)
@@ -148,6 +151,10 @@ step 250 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED
     --variants "${SIZED[@]}"
 step 200 speed.log "$PY" benchmarks/speed_gpu.py --only jpmap "${J[@]}" "${SPEED[@]}" --sizes "$BATCHED_SIZE" \
     --variants "${BATCHED[@]}" --jpmap-batch 8
+# 10. restore.py on a folder (4 crops of scikit-image's photographs, fp32) with 1 and 4 images per batch, against
+#     restore.py run image by image: the GPU's default --images-per-batch (4) is not timed yet
+step 120 folder.log "$PY" benchmarks/folder_restore.py --folder builtin "${FOLDER[@]}" --batches 1 4 \
+    --out /tmp/gpu_session_folder
 ls -la "$OUT"
 exit 0
 fi

@@ -15,6 +15,7 @@ OUT/
   records/NAME.json      the image's figures, written after its images: an image with a record is done
   metrics.csv            one row per image; metrics.json: the means, the settings and each noise level's solver
   run.json               the folder's images and the settings; a rerun into OUT with others is refused
+  tb/rank{r}/            with --tensorboard: each image's figures as it is done, and the first images
 
 ``--clean DIR`` alone degrades each image as ``benchmarks/quality.py`` does: one generator seeded ``--seed`` + the
 image's index in the sorted folder draws the random mask (inpainting), then the noise. ``--input DIR`` holds real
@@ -53,6 +54,7 @@ from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
           "diverged", "seconds")  # metrics.csv's columns
+TB_IMAGES = 16  # --tensorboard: the restorations of the folder's first images are logged too
 NOT_SETTINGS = ("out", "no_progress", "devices", "accelerator", "strategy", "num_nodes", "images_per_batch",
                 "device", "tile", "halo", "tiles_per_batch", "blend", "keep_tiles", "max_pixels", "tensorboard")
 
@@ -126,9 +128,6 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
         raise UsageError("--input and --clean: give two folders (images matched by name) or two files")
     if args.tile is not None:
         raise UsageError("--tile is for one large image; a folder's images are restored whole (drop --tile)")
-    if args.tensorboard:
-        raise UsageError("--tensorboard logs one image's iterations; drop it for a folder (metrics.csv has each "
-                         "image's figures)")
     images = _named(folder, flag)
     references = _named(other, "--clean") if other is not None else {}
     masks: dict[str, Path] = {}
@@ -303,11 +302,25 @@ class FolderJPMAP(TiledJPMAP):
 
 
 class FolderWriter(BasePredictionWriter):
-    """Writes each image of a batch: restored (and degraded, when synthetic) PNGs, then its record, atomically."""
+    """Writes each image of a batch: restored (and degraded, when synthetic) PNGs, then its record, atomically.
+    With ``tensorboard``, each process also logs every image's figures as it is done to OUT/tb/rank{r}
+    (``image/psnr``, ``image/ssim``, ``image/iterations``, ``image/noise_std``, ``image/seconds``, the step being
+    the image's index in the folder) and the first :data:`TB_IMAGES` images' restorations."""
 
-    def __init__(self, out: Path, synthetic: bool) -> None:
+    def __init__(self, out: Path, synthetic: bool, tensorboard: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.out, self.synthetic = out, synthetic
+        self.out, self.synthetic, self.tensorboard = out, synthetic, tensorboard
+        self.tb = None
+
+    def _log(self, rank: int, it: Item, record: dict, restored: Tensor) -> None:
+        if self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tb" / f"rank{rank}"))
+        for key in ("psnr", "ssim", "iterations", "noise_std", "seconds"):
+            if record.get(key) is not None:
+                self.tb.add_scalar(f"image/{key}", record[key], it.index)
+        if it.index < TB_IMAGES:
+            self.tb.add_image(f"restored/{it.name}", restored.clamp(0, 1), it.index)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for r in prediction:
@@ -320,8 +333,12 @@ class FolderWriter(BasePredictionWriter):
             record = self.out / "records" / f"{it.name}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(record, json.dumps(r["record"], indent=1).encode())
+            if self.tensorboard:
+                self._log(trainer.global_rank, it, r["record"], r["restored"])
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if self.tb is not None:
+            self.tb.close()
         trainer.strategy.barrier("images_written")  # every rank's images are on disk when predict returns
 
 
@@ -375,6 +392,9 @@ def summarise(args: argparse.Namespace, items: list[Item], configs: dict[float, 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     atomic_write_bytes(args.out / "metrics.json", json.dumps({"mean": summary, "settings": settings, "solver": solver},
                                                              indent=2, default=str).encode())
+    for kind in ("restored", "degraded", "records"):  # left by a process killed while writing (atomic_path's names)
+        for stale in (args.out / kind).rglob(".*.tmp.*"):
+            stale.unlink(missing_ok=True)
     return {**summary, "output": f"restored/ ({len(records)} images), metrics.csv"}
 
 
@@ -386,13 +406,16 @@ def run_folder(args: argparse.Namespace) -> dict:
     _check_run(args, items)
     spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch
     accelerator, devices = _lightning_device(args)
+    if args.images_per_batch is None:  # a batch fills a GPU; on a CPU it only costs cache (BENCHMARKS.md, Folders)
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        args.images_per_batch = 4 if gpu else 1
     module = FolderJPMAP(str(args.prior), spec, items, configs, args.images_per_batch)
     data = FolderData(args, items)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=not args.no_progress, inference_mode=False,  # no_grad: each batch
                         # builds its operators, whose kernel caches need tensors that track versions
-                        callbacks=[FolderWriter(args.out, synthetic=args.input is None)])
+                        callbacks=[FolderWriter(args.out, synthetic=args.input is None, tensorboard=args.tensorboard)])
     if any(not (args.out / "records" / f"{it.name}.json").is_file() for it in items):
         trainer.predict(module, datamodule=data, return_predictions=False)
     if not trainer.is_global_zero:

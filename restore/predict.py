@@ -317,7 +317,8 @@ class TiledJPMAP(L.LightningModule):
             moving = rms >= cfg.tol if guard is None else (rms >= cfg.tol) & ~guard.stopped[active]
             active = active[moving.reshape(-1, group).any(1).repeat_interleave(group)]
         self.last_iterations = ran[::group].cpu()  # per tile (its `group` items run together)
-        self.last_diverged = (torch.zeros(n, dtype=torch.bool) if guard is None else guard.stopped[:n].cpu())[::group]
+        stopped = torch.zeros(n, dtype=torch.bool) if guard is None else guard.stopped[:n].cpu()
+        self.last_diverged = stopped.reshape(-1, group).any(1)  # per tile: the guard stopped one of its items
         return self.operator.frame(est[:n]) if self.operator is not None else est[:n]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Tensor]:
