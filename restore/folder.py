@@ -1,9 +1,11 @@
 """``restore.py --input DIR`` or ``--clean DIR``: every image of a folder, restored in batches, resumably, on one
 or many processes.
 
-Every image is read, degraded or matched with its reference and mask, and checked first: one that is unreadable,
-too large to restore whole or without its reference or mask stops the run with one line, before anything is
-written. Images of one shape and one noise level are restored together, ``--images-per-batch`` at a time, each
+Every image is read, degraded or matched with its reference and mask, and checked first: one that is unreadable or
+without its reference or mask stops the run with one line, before anything is written. Images over
+:data:`restore.tiled_cli.WHOLE_IMAGE_MAX_PIXELS` output pixels (every image, with ``--tile``) go tile by tile after
+the others, one at a time, each through :func:`restore.predict.restore_tiled` on every process. The others, of one
+shape and one noise level, are restored together, ``--images-per-batch`` at a time, each
 stopping on its own residual (:meth:`restore.predict.TiledJPMAP._jpmap_per_tile`: an image's result does not
 depend on the images batched with it). The batches run in a Lightning predict loop: ``--devices N`` (and
 ``--num-nodes``) split them between processes with DDP. Each image's outputs are written, atomically, as soon as
@@ -49,14 +51,14 @@ from .cli import (UsageError, _validate, _validate_solver, clean_for_scale, degr
 from .jpmap import JPMAPConfig
 from .noise import NoiseEstimateError, estimate_noise_std
 from .operators import Inpainting, load_mask, sigma_from_255
-from .predict import TiledJPMAP, _file_id, build_operator, operator_spec
-from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS
+from .predict import TiledJPMAP, _file_id, build_operator, is_rank_zero, operator_spec
+from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
           "diverged", "seconds")  # metrics.csv's columns
 TB_IMAGES = 16  # --tensorboard: the restorations of the folder's first images are logged too
 NOT_SETTINGS = ("out", "no_progress", "devices", "accelerator", "strategy", "num_nodes", "images_per_batch",
-                "device", "tile", "halo", "tiles_per_batch", "blend", "keep_tiles", "max_pixels", "tensorboard")
+                "device", "tiles_per_batch", "keep_tiles", "max_pixels", "tensorboard")  # results do not depend on them
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class Item:
     """One image of the folder: ``index`` in the sorted folder (its degradation's seed is ``--seed`` + index),
     ``name`` (its path under the folder without suffix), the file ``read`` (``--input``'s, or ``--clean``'s when
     degrading it), its ``clean`` reference and ``mask`` files if any, the read image's [C, H, W] ``shape`` and
-    ``bit_depth``, its mask's channels (0 without one) and its noise std on the 0-255 scale."""
+    ``bit_depth``, its mask's channels (0 without one), its noise std on the 0-255 scale, and whether it is
+    restored tile by tile."""
 
     index: int
     name: str
@@ -75,6 +78,7 @@ class Item:
     bit_depth: int
     mask_channels: int
     noise: float
+    tiled: bool = False  # restored tile by tile (--tile given, or over WHOLE_IMAGE_MAX_PIXELS output pixels)
 
 
 def is_folder_run(args: argparse.Namespace) -> bool:
@@ -126,8 +130,6 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
     other = args.clean if args.input is not None else None
     if not folder.is_dir() or (other is not None and not other.is_dir()):
         raise UsageError("--input and --clean: give two folders (images matched by name) or two files")
-    if args.tile is not None:
-        raise UsageError("--tile is for one large image; a folder's images are restored whole (drop --tile)")
     images = _named(folder, flag)
     references = _named(other, "--clean") if other is not None else {}
     masks: dict[str, Path] = {}
@@ -144,12 +146,12 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
         mask = masks.get(name, args.mask if args.operator == "inpaint" else None)
         image, bit_depth = _read(path, args)
         out_hw = solution_hw(args, tuple(image.shape[-2:])) if args.input is not None else image.shape[-2:]
-        if out_hw[0] * out_hw[1] > WHOLE_IMAGE_MAX_PIXELS:
-            raise UsageError(f"{path.name} restores to {out_hw[0]}x{out_hw[1]} pixels, more than the "
-                             f"{WHOLE_IMAGE_MAX_PIXELS} of a folder's images (restored whole); restore it alone "
-                             "(restore.py --input FILE goes tile by tile)")
+        tiled = args.tile is not None or out_hw[0] * out_hw[1] > WHOLE_IMAGE_MAX_PIXELS
+        if tiled and args.method != "jpmap":
+            raise UsageError(f"{path.name} restores to {out_hw[0]}x{out_hw[1]} pixels, which go tile by tile, and "
+                             "tiled restoration runs JPMAP only; drop --method adam (or the image)")
         noise = args.noise_std if args.noise_std != "auto" else _estimate(image, mask, path)
-        item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise)
+        item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise, tiled)
         y, reference, operator = observe(args, item, image)  # every refusal now, before anything is written
         channels = operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0
         items.append(Item(**{**asdict(item), "mask_channels": channels}))
@@ -201,7 +203,7 @@ class FolderData(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         records = self.args.out / "records"
-        todo = [it for it in self.items if not (records / f"{it.name}.json").is_file()]
+        todo = [it for it in self.items if not it.tiled and not (records / f"{it.name}.json").is_file()]
         index = {it.name: k for k, it in enumerate(self.items)}
         batches = [[index[todo[k].name] for k in b] for b in batches_of(todo, self.args.images_per_batch)]
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -322,23 +324,24 @@ class FolderWriter(BasePredictionWriter):
         if it.index < TB_IMAGES:
             self.tb.add_image(f"restored/{it.name}", restored.clamp(0, 1), it.index)
 
+    def write_one(self, it: Item, record: dict, restored: Tensor, degraded: Tensor, rank: int = 0,
+                  restored_written: bool = False) -> None:
+        """``restored`` (unless written already), ``degraded`` when synthetic, then the record, atomically."""
+        kinds = (() if restored_written else (("restored", restored),)) + ((("degraded", degraded),) if self.synthetic else ())
+        for kind, image in kinds:
+            write_image(self.out / kind / f"{it.name}.png", image.clamp(0, 1), bit_depth=it.bit_depth)
+        atomic_write_bytes(self.out / "records" / f"{it.name}.json", json.dumps(record, indent=1).encode())
+        if self.tensorboard:
+            self._log(rank, it, record, restored)
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for r in prediction:
-            it: Item = r["item"]
-            kinds = (("restored", r["restored"]),) + ((("degraded", r["degraded"]),) if self.synthetic else ())
-            for kind, image in kinds:
-                path = self.out / kind / f"{it.name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_image(path, image.clamp(0, 1), bit_depth=it.bit_depth)
-            record = self.out / "records" / f"{it.name}.json"
-            record.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(record, json.dumps(r["record"], indent=1).encode())
-            if self.tensorboard:
-                self._log(trainer.global_rank, it, r["record"], r["restored"])
+            self.write_one(r["item"], r["record"], r["restored"], r["degraded"], trainer.global_rank)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         trainer.strategy.barrier("images_written")  # every rank's images are on disk when predict returns
 
 
@@ -387,7 +390,8 @@ def summarise(args: argparse.Namespace, items: list[Item], configs: dict[float, 
 
     means = {k: mean(k) for k in ("psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations", "noise_std")}
     summary = {"images": len(records), **{k: v for k, v in means.items() if v is not None},
-               "diverged": sum(r["diverged"] for r in records), "seconds": sum(r["seconds"] for r in records)}
+               "diverged": sum(bool(r.get("diverged")) for r in records),
+               "seconds": sum(r["seconds"] for r in records)}
     solver = {str(noise): asdict(cfg) for noise, cfg in configs.items()}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     atomic_write_bytes(args.out / "metrics.json", json.dumps({"mean": summary, "settings": settings, "solver": solver},
@@ -416,8 +420,44 @@ def run_folder(args: argparse.Namespace) -> dict:
                         enable_progress_bar=not args.no_progress, inference_mode=False,  # no_grad: each batch
                         # builds its operators, whose kernel caches need tensors that track versions
                         callbacks=[FolderWriter(args.out, synthetic=args.input is None, tensorboard=args.tensorboard)])
-    if any(not (args.out / "records" / f"{it.name}.json").is_file() for it in items):
+    done = {it.name for it in items if (args.out / "records" / f"{it.name}.json").is_file()}  # before any writing
+    writer = trainer.callbacks[-1]
+    if any(not it.tiled and it.name not in done for it in items):
         trainer.predict(module, datamodule=data, return_predictions=False)
+    for it in items:  # every process takes part in each large image's predict loop
+        if it.tiled and it.name not in done:
+            restore_large(args, it, configs[it.noise], accelerator, devices, writer)
     if not trainer.is_global_zero:
         return {}
     return summarise(args, items, configs)
+
+
+def restore_large(args: argparse.Namespace, item: Item, config, accelerator: str, devices, writer: FolderWriter) -> None:
+    """One image over :data:`WHOLE_IMAGE_MAX_PIXELS` output pixels (or any, with ``--tile``), tile by tile (:func:`restore.predict.restore_tiled`
+    with ``--tile``, ``--halo``, ``--tiles-per-batch``, ``--blend``; its tiles in OUT/tiles/NAME until it is
+    assembled), on every process; then, on rank 0, its record (figures of the assembled image; no Wiener baseline,
+    which would need the whole image in one piece) and the same logs as the others'."""
+    from .predict import restore_tiled
+    y, reference, operator = observe(args, item)
+    start = time.perf_counter()
+    kwargs = {**tiled_kwargs(args, operator), "accelerator": accelerator, "devices": devices}
+    out_path = restore_tiled(y, operator.cpu(), args.prior, config, args.out / "restored" / f"{item.name}.png",
+                             bit_depth=item.bit_depth, work_dir=args.out / "tiles" / item.name, **kwargs)
+    if not is_rank_zero():
+        return
+    restored = read_image_with_info(out_path)[0]
+    record = {"name": item.name, "input": str(item.read), "height": restored.shape[-2], "width": restored.shape[-1],
+              "noise_std": item.noise, "iterations": None, "diverged": None,
+              "seconds": time.perf_counter() - start, "rank": 0, "tiled": True}
+    if reference is not None:
+        record.update(metrics_of(restored[None], reference[None]))
+        if y.shape[-2:] == reference.shape[-2:]:
+            record["degraded_psnr"] = metrics_of(y[None], reference[None])["psnr"]
+    writer.write_one(item, record, restored, y, restored_written=True)
+    if writer.tb is not None:
+        writer.tb.close()
+        writer.tb = None
+    tiles = args.out / "tiles"
+    for folder in (tiles / item.name, *(tiles / item.name).parents):  # empty once assembled, up to OUT/tiles
+        if folder.is_relative_to(tiles) and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

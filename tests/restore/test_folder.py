@@ -166,6 +166,30 @@ def test_input_folder_with_references_masks_and_noise_estimates(tmp_path, capsys
     assert not (out / "degraded").exists()  # the observations are the user's own files
 
 
+def test_large_images_of_a_folder_go_tile_by_tile(tmp_path, clean_dir, capsys, monkeypatch):
+    """Images over the whole-image limit (lowered here to below 48x64) are restored tile by tile in the same run,
+    grey and 16-bit kept, close to their whole-image restoration; the others whole. Their tiles are gone at the end."""
+    argv = ["--clean", clean_dir, "--operator", "blur", "--blur-sigma", "1.2", "--noise-std", "5", "--iterations",
+            "6", "--tol", "0"]
+    code, cap = _run([*argv, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, cap.err
+    monkeypatch.setattr("restore.folder.WHOLE_IMAGE_MAX_PIXELS", 48 * 64 - 1)
+    monkeypatch.setattr("restore.tiled_cli.DEFAULT_TILE", 24)  # several tiles per image (--tile would tile them all)
+    code, cap = _run([*argv, "--halo", "16", "--out", tmp_path / "tiled"], capsys)
+    assert code == 0, cap.err
+    whole, tiled = _rows(tmp_path / "whole"), _rows(tmp_path / "tiled")
+    records = {name: json.loads((tmp_path / "tiled" / "records" / f"{name}.json").read_text()) for name in SIZES}
+    assert {name for name, r in records.items() if r.get("tiled")} == {"a", "b", "c", "sub/e"}  # d: 40x56, whole
+    assert tiled["d"]["psnr"] == whole["d"]["psnr"]
+    for name, (h, w) in SIZES.items():
+        restored, info = read_image_with_info(tmp_path / "tiled" / "restored" / f"{name}.png")
+        assert restored.shape == (1 if name == "c" else 3, h, w) and info.bit_depth == (16 if name == "b" else 8)
+        assert (tmp_path / "tiled" / "degraded" / f"{name}.png").is_file()
+        # measured: within 0.011 dB
+        assert float(tiled[name]["psnr"]) == pytest.approx(float(whole[name]["psnr"]), abs=0.05), name
+    assert not (tmp_path / "tiled" / "tiles").exists()
+
+
 @pytest.mark.parametrize("grey_prior", [False, True])
 def test_adam_and_a_grey_prior_on_a_colour_folder(tmp_path, clean_dir, capsys, tiny_config, grey_prior):
     """--method adam, and a grey prior restoring colour images channel by channel (inpainting: each channel's
@@ -190,7 +214,7 @@ def test_adam_and_a_grey_prior_on_a_colour_folder(tmp_path, clean_dir, capsys, t
         assert restored.shape[0] == (1 if name == "c" else 3)
 
 
-@pytest.mark.parametrize("case", ["corrupt", "no_reference", "too_large", "tile", "file_and_folder", "empty",
+@pytest.mark.parametrize("case", ["corrupt", "no_reference", "large_with_adam", "file_and_folder", "empty",
                                   "same_name"])
 def test_folder_refusals_write_nothing(tmp_path, clean_dir, capsys, case, monkeypatch):
     out = tmp_path / "never"
@@ -202,10 +226,9 @@ def test_folder_refusals_write_nothing(tmp_path, clean_dir, capsys, case, monkey
         write_image(tmp_path / "refs" / "a.png", torch.rand(3, 48, 64))
         argv = ["--input", clean_dir, "--clean", tmp_path / "refs", "--operator", "denoise", "--noise-std", "10",
                 "--out", out]
-    elif case == "too_large":
+    elif case == "large_with_adam":
         monkeypatch.setattr("restore.folder.WHOLE_IMAGE_MAX_PIXELS", 48 * 64 - 1)
-    elif case == "tile":
-        argv += ["--tile", "32"]
+        argv += ["--method", "adam"]
     elif case == "file_and_folder":
         argv = ["--input", clean_dir / "a.png", "--clean", clean_dir, "--out", out]
     elif case == "empty":
@@ -238,3 +261,10 @@ def test_folder_on_two_processes(tmp_path, clean_dir):
     assert ranks == {0, 1}  # both processes restored images
     for name in SIZES:
         assert float(rows_two[name]["psnr"]) == pytest.approx(float(rows_one[name]["psnr"]), abs=1e-3)
+    # --tile: every image tile by tile, one after the other, each image's tiles split between the two processes
+    tiled = subprocess.run([*base, "--devices", "2", "--tile", "24", "--halo", "16", "--out", str(tmp_path / "tiled")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert tiled.returncode == 0, tiled.stderr[-3000:]
+    rows_tiled = _rows(tmp_path / "tiled")
+    for name in SIZES:
+        assert float(rows_tiled[name]["psnr"]) == pytest.approx(float(rows_one[name]["psnr"]), abs=0.05), name
