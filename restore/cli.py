@@ -25,7 +25,7 @@ from .baselines import AdamConfig, adam_joint, tikhonov
 from .jpmap import JPMAPConfig, jpmap
 from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
-from .tiled_cli import _positive, add_tiling_arguments, tiled_kwargs, use_tiles
+from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
 from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
                         load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255)
 
@@ -293,6 +293,7 @@ def _validate(args: argparse.Namespace) -> None:
     """Checks the flags that do not depend on the noise level (see :func:`_validate_solver` for the rest)."""
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
+    check_accelerator(args)
     if args.noise_std == "auto":
         if args.input is None:
             raise UsageError("--noise-std auto estimates the noise of --input; to degrade --clean, give the noise "
@@ -551,6 +552,14 @@ def _tensorboard(logdir: Path, result, estimate: Tensor) -> None:
         writer.add_image("restored", estimate.clamp(0, 1), result.iterations)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """What restore.py reports as one ``error:`` line: its own refusals, and Lightning's refusal of a Trainer
+    setting (devices, strategy) once Lightning is imported."""
+    errors = (UsageError, OperatorError, DataError, PriorError, ValueError, RuntimeError)
+    lightning_errors = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return errors + ((lightning_errors.MisconfigurationException,) if lightning_errors else ())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -559,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         metrics = run(args)
-    except (UsageError, OperatorError, DataError, PriorError, ValueError, RuntimeError) as err:
+    except _user_errors() as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -407,7 +407,6 @@ def run_folder(args: argparse.Namespace) -> dict:
     _validate(args)
     args.noise_estimated = False  # per image with auto: metrics.csv's noise_std
     items, configs = plan(args)
-    _check_run(args, items)
     spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch
     accelerator, devices = _lightning_device(args)
     if args.images_per_batch is None:  # a batch fills a GPU; on a CPU it only costs cache (BENCHMARKS.md, Folders)
@@ -420,6 +419,7 @@ def run_folder(args: argparse.Namespace) -> dict:
                         enable_progress_bar=not args.no_progress, inference_mode=False,  # no_grad: each batch
                         # builds its operators, whose kernel caches need tensors that track versions
                         callbacks=[FolderWriter(args.out, synthetic=args.input is None, tensorboard=args.tensorboard)])
+    _check_run(args, items)  # the first file written, once the Trainer has accepted its settings
     done = {it.name for it in items if (args.out / "records" / f"{it.name}.json").is_file()}  # before any writing
     writer = trainer.callbacks[-1]
     if any(not it.tiled and it.name not in done for it in items):

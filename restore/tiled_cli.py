@@ -63,6 +63,18 @@ def add_tiling_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     return g
 
 
+def check_accelerator(args: argparse.Namespace) -> None:
+    """Refuses ``--accelerator gpu`` (or ``cuda``, ``mps``) where there is none, before anything is written
+    (Lightning would raise only when its Trainer is made)."""
+    import torch
+
+    name = getattr(args, "accelerator", "auto")
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--accelerator {name} asked for but no GPU is visible; use --accelerator cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--accelerator mps asked for but this machine has no MPS device; use --accelerator cpu")
+
+
 def use_tiles(args: argparse.Namespace, height: int, width: int) -> bool:
     """True when the restored image (``height`` x ``width`` output pixels) goes tile by tile: ``--tile``
     given, several processes asked for, or more than :data:`WHOLE_IMAGE_MAX_PIXELS` pixels."""

@@ -89,6 +89,8 @@ REFUSALS = [
                                        "--noise-std", "auto"), "patches of observed pixels"),
     Refusal("noise_auto_noiseless", ("--input", "@flat.png", "--operator", "denoise", "--noise-std", "auto"),
             "found no noise"),
+    Refusal("accelerator_without_gpu", ("--clean", "@clean.png", "--operator", "denoise", "--tile", "16",
+                                        "--accelerator", "gpu"), "no GPU is visible"),
     Refusal("cuda_graph_with_compile", ("--clean", "@clean.png", "--operator", "denoise", "--cuda-graph", "--compile",
                                         "default"), "--cuda-graph replays the eager pass"),
     Refusal("fast_path_flag_with_adam", ("--clean", "@clean.png", "--operator", "denoise", "--method", "adam",

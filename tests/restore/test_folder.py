@@ -215,7 +215,7 @@ def test_adam_and_a_grey_prior_on_a_colour_folder(tmp_path, clean_dir, capsys, t
 
 
 @pytest.mark.parametrize("case", ["corrupt", "no_reference", "large_with_adam", "file_and_folder", "empty",
-                                  "same_name"])
+                                  "same_name", "strategy"])
 def test_folder_refusals_write_nothing(tmp_path, clean_dir, capsys, case, monkeypatch):
     out = tmp_path / "never"
     argv = ["--clean", clean_dir, "--operator", "denoise", "--noise-std", "10", "--out", out]
@@ -234,6 +234,8 @@ def test_folder_refusals_write_nothing(tmp_path, clean_dir, capsys, case, monkey
     elif case == "empty":
         (tmp_path / "nothing").mkdir()
         argv = ["--clean", tmp_path / "nothing", "--out", out]
+    elif case == "strategy":  # refused by Lightning's Trainer, after the images are checked, before any writing
+        argv += ["--strategy", "no_such_strategy"]
     else:
         write_image(clean_dir / "a.jpg", torch.rand(3, 48, 64))
     code, cap = _run(argv, capsys)
