@@ -442,8 +442,8 @@ def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int,
 def run(args: argparse.Namespace) -> dict:
     """Validates everything, restores, then writes OUT/restored.png, degraded.png, metrics.json (a folder:
     :func:`restore.folder.run_folder`)."""
-    from .folder import is_folder_run, run_folder
-    if is_folder_run(args):
+    if any(p is not None and p.is_dir() for p in (args.input, args.clean)):
+        from .folder import run_folder  # imports Lightning: only for folders
         return run_folder(args)
     _validate(args)
     args.noise_estimated = args.noise_std == "auto"

@@ -81,10 +81,6 @@ class Item:
     tiled: bool = False  # restored tile by tile (--tile given, or over WHOLE_IMAGE_MAX_PIXELS output pixels)
 
 
-def is_folder_run(args: argparse.Namespace) -> bool:
-    return any(p is not None and p.is_dir() for p in (args.input, args.clean))
-
-
 def _named(folder: Path, flag: str) -> dict[str, Path]:
     """The images under ``folder`` by NAME (path under it, no suffix); two files of one NAME are refused."""
     try:
