@@ -23,7 +23,8 @@ OUT/
 image's index in the sorted folder draws the random mask (inpainting), then the noise. ``--input DIR`` holds real
 observations; ``--clean DIR2`` then gives their references and ``--mask DIR3`` their masks (inpainting), matched
 by NAME (one ``--mask FILE`` serves every image). ``--noise-std auto`` estimates each image's noise (on every
-process: seconds, next to minutes of restoration) and each image gets the preset's setting at its level.
+process, while the images are checked) and each image gets the preset's setting at its level; images of different
+levels are never batched together.
 """
 
 from __future__ import annotations
