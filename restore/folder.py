@@ -52,7 +52,7 @@ from .cli import (UsageError, _validate, _validate_solver, clean_for_scale, degr
 from .jpmap import JPMAPConfig
 from .noise import NoiseEstimateError, estimate_noise_std
 from .operators import Inpainting, load_mask, sigma_from_255
-from .predict import TiledJPMAP, _file_id, build_operator, is_rank_zero, operator_spec
+from .predict import TiledJPMAP, _file_id, build_operator, is_rank_zero, operator_spec, quiet_lightning
 from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
@@ -411,6 +411,7 @@ def run_folder(args: argparse.Namespace) -> dict:
         args.images_per_batch = 4 if gpu else 1
     module = FolderJPMAP(str(args.prior), spec, items, configs, args.images_per_batch)
     data = FolderData(args, items)
+    quiet_lightning()
     trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=not args.no_progress, inference_mode=False,  # no_grad: each batch

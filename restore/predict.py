@@ -19,7 +19,9 @@ missing tiles is computed in ``TileDataModule.setup``, which Lightning runs on e
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -435,6 +437,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
         module = TiledJPMAP(str(prior_path), jpmap_config, **spec, band=band,
                             batch_tiles=min(tiles_per_batch, len(grid)))
         data = TileDataModule([source], [grid], tiles_dir, masks, tiles_per_batch, num_workers)
+        quiet_lightning()
         trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                             logger=False, enable_checkpointing=False, enable_model_summary=False,
                             enable_progress_bar=progress, callbacks=[TileWriter(tiles_dir)])
@@ -469,6 +472,22 @@ def observed_mean(source: ImageSource, mask: ImageSource, strip_bytes: int = 16 
         total += (y * obs).sum((-2, -1))
         count += obs.sum((-2, -1))
     return (total / count.clamp_min(1)).tolist()
+
+
+class _NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_NO_ADVERT = _NoAdvert()
+
+
+def quiet_lightning() -> None:
+    """Leaves out of restore.py's output what is not the user's to act on: Lightning's tip advertising its cloud
+    logger, and a deprecation warning Lightning's own code raises under this torch (its ``_pytree``). Lightning's
+    device and distributed lines stay."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)  # the same filter: once
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def is_rank_zero() -> bool:
