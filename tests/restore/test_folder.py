@@ -77,6 +77,23 @@ def test_clean_folder_gives_each_image_its_single_image_result(tmp_path, clean_d
         assert float(row["psnr"]) == pytest.approx(float(rows[name]["psnr"]), abs=1e-3)
 
 
+def test_each_image_stops_on_its_own_residual_whatever_its_batch(tmp_path, clean_dir, capsys):
+    """With a tolerance, the images of a batch stop at different iterations, each as it would alone: iterations
+    and PSNRs equal with 3 images per batch and with 1."""
+    argv = ["--clean", clean_dir, "--operator", "blur", "--blur-sigma", "1.6", "--noise-std", "7.65",
+            "--iterations", "20", "--tol", "1e-3", "--divergence-guard", "0"]
+    rows = {}
+    for batch in (3, 1):
+        code, cap = _run([*argv, "--images-per-batch", batch, "--out", tmp_path / f"b{batch}"], capsys)
+        assert code == 0, cap.err
+        rows[batch] = _rows(tmp_path / f"b{batch}")
+    iterations = {name: r["iterations"] for name, r in rows[1].items()}
+    assert len(set(iterations.values())) > 1, iterations  # the stopping rule acts image by image
+    assert {name: r["iterations"] for name, r in rows[3].items()} == iterations
+    for name, row in rows[3].items():
+        assert float(row["psnr"]) == pytest.approx(float(rows[1][name]["psnr"]), abs=1e-3)
+
+
 def test_interrupted_folder_resumes_with_the_images_left(tmp_path, clean_dir, capsys):
     """An image without a record (the run stopped before it) is restored by the same command again; the others
     are not recomputed. Other settings into the same OUT are refused, and nothing there changes."""
