@@ -575,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     if not metrics:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
     summary = {k: metrics[k] for k in ("images", "psnr", "ssim", "iterations", "seconds") if k in metrics}
-    if args.noise_estimated:
-        summary["noise_std"] = round(args.noise_std, 3)
+    if args.noise_estimated:  # a folder's images have one each (metrics.csv); the summary gives their mean
+        summary["noise_std"] = round(metrics.get("noise_std", args.noise_std) if "images" in metrics else args.noise_std, 3)
     if args.operator in ("blur", "sr"):  # which model of the image border was used (auto picks it)
         summary["boundary"] = args.boundary
     print(json.dumps(summary))

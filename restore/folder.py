@@ -402,7 +402,7 @@ def summarise(args: argparse.Namespace, items: list[Item], configs: dict[float, 
 def run_folder(args: argparse.Namespace) -> dict:
     """``restore.py`` with a folder (module docstring): plan and check, restore what is left, summarise."""
     _validate(args)
-    args.noise_estimated = False  # per image with auto: metrics.csv's noise_std
+    args.noise_estimated = args.noise_std == "auto"  # per image: metrics.csv's noise_std (args keeps "auto")
     items, configs = plan(args)
     spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch
     accelerator, devices = _lightning_device(args)

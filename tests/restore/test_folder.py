@@ -175,6 +175,8 @@ def test_input_folder_with_references_masks_and_noise_estimates(tmp_path, capsys
                       "--out", out], capsys)
     assert code == 0, cap.err
     rows = _rows(out)
+    printed = json.loads(cap.out.splitlines()[0])["noise_std"]  # the estimates' mean
+    assert printed == pytest.approx(np.mean([float(r["noise_std"]) for r in rows.values()]), abs=1e-3)
     for name, noise in truth.items():  # estimated on the observed pixels of 8-bit images (measured: 5.02 and 19.20)
         assert float(rows[name]["noise_std"]) == pytest.approx(noise, rel=0.2)
         assert float(rows[name]["psnr"]) > float(rows[name]["degraded_psnr"]) + 3
