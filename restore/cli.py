@@ -289,8 +289,8 @@ def apply_preset(args: argparse.Namespace) -> None:
             setattr(args, dest, values[key])
 
 
-def _validate(args: argparse.Namespace) -> None:
-    """Checks the flags that do not depend on the noise level (see :func:`_validate_solver` for the rest)."""
+def validate_flags(args: argparse.Namespace) -> None:
+    """Checks the flags that do not depend on the noise level (see :func:`validate_solver_flags` for the rest)."""
     if args.input is None and args.clean is None:
         raise UsageError("give --input (a degraded image) or --clean (an image to degrade); or no argument for the demo")
     check_accelerator(args)
@@ -308,7 +308,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--boundary valid is for --operator blur or sr; drop it for --operator {args.operator}")
 
 
-def _validate_solver(args: argparse.Namespace) -> None:
+def validate_solver_flags(args: argparse.Namespace) -> None:
     """Fills the solver's flags from the preset at the (now known) noise level and checks them."""
     apply_preset(args)  # its setting depends on the (now valid) noise level
     if not args.gamma > 0:
@@ -445,12 +445,12 @@ def run(args: argparse.Namespace) -> dict:
     if any(p is not None and p.is_dir() for p in (args.input, args.clean)):
         from .folder import run_folder  # imports Lightning: only for folders
         return run_folder(args)
-    _validate(args)
+    validate_flags(args)
     args.noise_estimated = args.noise_std == "auto"
     if args.noise_estimated:
         args.noise_std = estimate_input_noise(args)
         print(f"noise std estimated from --input: {args.noise_std:.2f} (0-255 scale)", file=sys.stderr)
-    _validate_solver(args)
+    validate_solver_flags(args)
     cfg = solver_config(args)
     device = pick_device(args.device)
     sigma = sigma_from_255(args.noise_std)

@@ -47,12 +47,13 @@ from torch.utils.data import DataLoader, Dataset
 from data.images import DataError, atomic_write_bytes, list_images, read_image_with_info, write_image
 
 from .baselines import adam_joint, tikhonov
-from .cli import (UsageError, _validate, _validate_solver, clean_for_scale, degrade_clean, from_prior_channels,
-                  make_operator, metrics_of, pick_device, reference_for, solution_hw, solver_config, to_prior_channels)
+from .cli import (UsageError, clean_for_scale, degrade_clean, from_prior_channels, make_operator, metrics_of,
+                  pick_device, reference_for, solution_hw, solver_config, to_prior_channels, validate_flags,
+                  validate_solver_flags)
 from .jpmap import JPMAPConfig
 from .noise import NoiseEstimateError, estimate_noise_std
 from .operators import Inpainting, load_mask, sigma_from_255
-from .predict import TiledJPMAP, _file_id, build_operator, is_rank_zero, operator_spec, quiet_lightning
+from .predict import TiledJPMAP, build_operator, file_id, is_rank_zero, operator_spec, quiet_lightning
 from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
@@ -156,7 +157,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
     for noise in sorted({it.noise for it in items}):
         one = argparse.Namespace(**vars(args))
         one.noise_std = noise
-        _validate_solver(one)
+        validate_solver_flags(one)
         configs[noise] = solver_config(one)
     return items, configs
 
@@ -345,7 +346,7 @@ class FolderWriter(BasePredictionWriter):
 def _check_run(args: argparse.Namespace, items: list[Item]) -> None:
     """OUT may only be resumed by the same run: compare with (or write) its run.json."""
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
-    text = json.dumps({"images": [str(it.read) for it in items], "prior": _file_id(args.prior), "settings": settings},
+    text = json.dumps({"images": [str(it.read) for it in items], "prior": file_id(args.prior), "settings": settings},
                       indent=1, default=str)
     run = args.out / "run.json"
     if run.is_file():
@@ -401,7 +402,7 @@ def summarise(args: argparse.Namespace, items: list[Item], configs: dict[float, 
 
 def run_folder(args: argparse.Namespace) -> dict:
     """``restore.py`` with a folder (module docstring): plan and check, restore what is left, summarise."""
-    _validate(args)
+    validate_flags(args)
     args.noise_estimated = args.noise_std == "auto"  # per image: metrics.csv's noise_std (args keeps "auto")
     items, configs = plan(args)
     spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch

@@ -428,7 +428,7 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     _check_run(tiles_dir, {"input": source.fingerprint(), "grid": grid.describe(), "channels": channels,
                            "operator": {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in spec.items()},
                            "mask": masks[0].fingerprint() if masks else None, "config": asdict(jpmap_config),
-                           "prior": _file_id(prior_path)})
+                           "prior": file_id(prior_path)})
     del prior
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
@@ -498,7 +498,8 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _file_id(path) -> str:
+def file_id(path) -> str:
+    """Which file ``path`` is, as a run's fingerprint records it: its resolved path, size and modification time."""
     p = Path(path)
     st = p.stat()
     return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
