@@ -25,7 +25,7 @@
 #        fp32, --fast (graph replay now reaches the tiles) and --fast --compile reduce-overhead (one compilation
 #        per run now, not one per number of tiles still running)
 #     6. the CUDA tests of the fast paths (graph replay, compiled JPMAP and training, bf16 copies, matrix products,
-#        no host synchronisation in a sync-free update)
+#        no host synchronisation in a sync-free update, a folder restored with --fast)
 #   bash benchmarks/gpu_session.sh sizes    # about 9.5 minutes at most (limits 250 + 200 + 120 s)
 #     7. 512x512 and 2048x2048 compiled (bf16-cl-cudagraphs-fused-mm), and 8 images of 320x448 per call, per image
 #    10. restore.py on a folder, 1 and 4 images per batch, against restore.py image by image
@@ -87,7 +87,8 @@ else
            --model.speed.compile true --model.speed.compile_mode reduce-overhead --model.speed.sync_free true
            --trainer.max_steps 60)
     # JPMAP's compiled tests, the slowest, last
-    TESTS=(tests/hvae/test_update.py tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py)
+    TESTS=(tests/hvae/test_update.py tests/hvae/test_training_speed.py tests/restore/test_jpmap_speed.py
+           tests/restore/test_folder.py::test_folder_fast_path_on_cuda_matches_fp32)
     TRAIN_ROWS=(--train-variants bf16-cl-cudagraphs)
     PRESET=(--trainer.accelerator gpu --model.speed.channels_last true --model.speed.compile true
             --model.speed.compile_mode reduce-overhead --model.speed.sync_free true --trainer.max_steps 500
