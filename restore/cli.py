@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = {k: metrics[k] for k in ("images", "psnr", "ssim", "iterations", "seconds") if k in metrics}
     if args.noise_estimated:  # a folder's images have one each (metrics.csv); the summary gives their mean
-        summary["noise_std"] = round(metrics.get("noise_std", args.noise_std) if "images" in metrics else args.noise_std, 3)
+        summary["noise_std"] = round(metrics["noise_std"] if "images" in metrics else args.noise_std, 3)
     if args.operator in ("blur", "sr"):  # which model of the image border was used (auto picks it)
         summary["boundary"] = args.boundary
     print(json.dumps(summary))

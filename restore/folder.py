@@ -255,7 +255,8 @@ class FolderJPMAP(TiledJPMAP):
         if mask is None:
             return operator
         if self.prior.image_channels == 1 and channels > 1:
-            mask = mask.reshape(-1, 1, *mask.shape[-2:]) if mask.shape[1] == channels else mask.repeat_interleave(channels, 0)
+            per_channel = mask.shape[1] == channels
+            mask = mask.reshape(-1, 1, *mask.shape[-2:]) if per_channel else mask.repeat_interleave(channels, 0)
         return Inpainting(mask, sigma)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
@@ -265,12 +266,13 @@ class FolderJPMAP(TiledJPMAP):
         config, sigma = self.configs[noise], sigma_from_255(noise)
         spec = {**self.spec, "sigma": sigma}
         operator = build_operator(**spec)
-        prior_op = self._prior_operator(operator, None if mask is None else mask.float(), sigma, y.shape[1]).to(y.device)
+        mask = None if mask is None else mask.float()
+        prior_op = self._prior_operator(operator, mask, sigma, y.shape[1]).to(y.device)
         start = time.perf_counter()
         if isinstance(config, JPMAPConfig):
             self.config, self.sigma = config, sigma
             self.operator = None if operator is None else operator.to(y.device)
-            x = self._solve(y, None if mask is None else mask.float())
+            x = self._solve(y, mask)
             iterations, diverged = self.last_iterations.tolist(), self.last_diverged.tolist()
         else:
             with torch.enable_grad():  # the predict loop runs under no_grad; Adam needs J's gradient
@@ -325,7 +327,9 @@ class FolderWriter(BasePredictionWriter):
     def write_one(self, it: Item, record: dict, restored: Tensor, degraded: Tensor, rank: int = 0,
                   restored_written: bool = False) -> None:
         """``restored`` (unless written already), ``degraded`` when synthetic, then the record, atomically."""
-        kinds = (() if restored_written else (("restored", restored),)) + ((("degraded", degraded),) if self.synthetic else ())
+        kinds = [] if restored_written else [("restored", restored)]
+        if self.synthetic:
+            kinds.append(("degraded", degraded))
         for kind, image in kinds:
             write_image(self.out / kind / f"{it.name}.png", image.clamp(0, 1), bit_depth=it.bit_depth)
         atomic_write_bytes(self.out / "records" / f"{it.name}.json", json.dumps(record, indent=1).encode())
@@ -431,11 +435,13 @@ def run_folder(args: argparse.Namespace) -> dict:
     return summarise(args, items, configs)
 
 
-def restore_large(args: argparse.Namespace, item: Item, config, accelerator: str, devices, writer: FolderWriter) -> None:
-    """One image over :data:`WHOLE_IMAGE_MAX_PIXELS` output pixels (or any, with ``--tile``), tile by tile (:func:`restore.predict.restore_tiled`
-    with ``--tile``, ``--halo``, ``--tiles-per-batch``, ``--blend``; its tiles in OUT/tiles/NAME until it is
-    assembled), on every process; then, on rank 0, its record (figures of the assembled image; no Wiener baseline,
-    which would need the whole image in one piece) and the same logs as the others'."""
+def restore_large(args: argparse.Namespace, item: Item, config, accelerator: str, devices,
+                  writer: FolderWriter) -> None:
+    """One image over :data:`WHOLE_IMAGE_MAX_PIXELS` output pixels (or any, with ``--tile``), tile by tile
+    (:func:`restore.predict.restore_tiled` with ``--tile``, ``--halo``, ``--tiles-per-batch``, ``--blend``; its tiles
+    in OUT/tiles/NAME until it is assembled), on every process; then, on rank 0, its record (figures of the assembled
+    8- or 16-bit image, as the single-image tiled path gives them; no Wiener baseline, which would need the whole
+    image in one piece) and the same logs as the others'."""
     from .predict import restore_tiled
     y, reference, operator = observe(args, item)
     start = time.perf_counter()
