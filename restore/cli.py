@@ -342,13 +342,20 @@ def estimate_input_noise(args: argparse.Namespace) -> float:
         mask = read_mask(args.mask, (h, w))
         mask = torch.stack([cut(mask.reshape(-1, h, w).amin(0, keepdim=True), b) for b in boxes])  # [B, 1, h, w]
     crops = torch.stack([source.read(b) for b in boxes])  # [B, C, h, w]
+    return noise_255(crops, mask)
+
+
+def noise_255(images: Tensor, mask: Tensor | None = None, source: str | None = None) -> float:
+    """``--noise-std auto``'s estimate (0-255 scale) from the patches of ``images`` [B, C, H, W] pooled (crops of
+    one image; with ``mask`` [B, 1, H, W], its observed pixels only); one-line refusals naming ``source`` (a file
+    of a folder; default --input) when it cannot be made or finds no noise."""
     try:
-        sigma = float(estimate_noise_std(crops, mask=mask, pooled=True)[0])
+        sigma = float(estimate_noise_std(images, mask=mask, pooled=True)[0])
     except NoiseEstimateError as err:
-        raise UsageError(f"--noise-std auto: {err}") from None
+        raise UsageError(f"--noise-std auto{'' if source is None else f', {source}'}: {err}") from None
     if not sigma * 255 > 0:
-        raise UsageError("--noise-std auto found no noise in --input (a noiseless or synthetic image?); "
-                         "give the noise level as a number")
+        raise UsageError(f"--noise-std auto found no noise in {source or '--input'} (a noiseless or synthetic "
+                         "image?); give the noise level as a number")
     return sigma * 255
 
 

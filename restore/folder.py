@@ -35,7 +35,7 @@ import io
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -48,12 +48,12 @@ from data.images import DataError, atomic_write_bytes, list_images, read_image_w
 
 from .baselines import adam_joint, tikhonov
 from .cli import (UsageError, clean_for_scale, degrade_clean, from_prior_channels, make_operator, metrics_of,
-                  pick_device, reference_for, solution_hw, solver_config, to_prior_channels, validate_flags,
-                  validate_solver_flags)
+                  noise_255, pick_device, read_mask, reference_for, solution_hw, solver_config, to_prior_channels,
+                  validate_flags, validate_solver_flags)
 from .jpmap import JPMAPConfig
-from .noise import NoiseEstimateError, estimate_noise_std
-from .operators import Inpainting, load_mask, sigma_from_255
-from .predict import TiledJPMAP, build_operator, file_id, is_rank_zero, operator_spec, quiet_lightning
+from .operators import Inpainting, sigma_from_255
+from .predict import (TiledJPMAP, build_operator, file_id, is_rank_zero, masks_per_channel, operator_spec,
+                      quiet_lightning)
 from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
@@ -121,9 +121,10 @@ def observe(args: argparse.Namespace, item: Item, image: Tensor | None = None) -
     return y, reference, operator
 
 
-def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
-    """Checks the folder run's flags and every image (see the module docstring); returns the images and the solver
-    setting (JPMAPConfig or AdamConfig) of each noise level."""
+def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object], dict]:
+    """Checks the folder run's flags and every image (see the module docstring); returns the images, the solver
+    setting (JPMAPConfig or AdamConfig) of each noise level and the operator's spec without its sigma (each batch's
+    own; :func:`restore.predict.operator_spec`)."""
     folder, flag = (args.input, "--input") if args.input is not None else (args.clean, "--clean")
     other = args.clean if args.input is not None else None
     if not folder.is_dir() or (other is not None and not other.is_dir()):
@@ -150,34 +151,22 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object]]:
                              "tiled restoration runs JPMAP only; drop --method adam (or the image)")
         noise = args.noise_std if args.noise_std != "auto" else _estimate(image, mask, path)
         item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise, tiled)
-        y, reference, operator = observe(args, item, image)  # every refusal now, before anything is written
-        channels = operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0
-        items.append(Item(**{**asdict(item), "mask_channels": channels}))
+        operator = observe(args, item, image)[2]  # every refusal now, before anything is written
+        items.append(replace(item, mask_channels=operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0))
     configs = {}
     for noise in sorted({it.noise for it in items}):
         one = argparse.Namespace(**vars(args))
         one.noise_std = noise
         validate_solver_flags(one)
         configs[noise] = solver_config(one)
-    return items, configs
+    spec = {k: v for k, v in operator_spec(operator).items() if k != "sigma"}  # the same for every image
+    return items, configs, spec
 
 
 def _estimate(image: Tensor, mask_file: Path | None, path: Path) -> float:
     """``--noise-std auto`` for one image of the folder (0-255; its observed pixels with a mask)."""
-    mask = None
-    if mask_file is not None:
-        mask = load_mask(mask_file)
-        if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
-            raise UsageError(f"mask {mask_file.name} is {mask.shape[-2]}x{mask.shape[-1]} but {path.name} is "
-                             f"{image.shape[-2]}x{image.shape[-1]}; give a mask of the image's size")
-        mask = mask.amin(0, keepdim=True)[None]
-    try:
-        sigma = float(estimate_noise_std(image[None], mask=mask)[0]) * 255
-    except NoiseEstimateError as err:
-        raise UsageError(f"--noise-std auto, {path.name}: {err}") from None
-    if not sigma > 0:
-        raise UsageError(f"--noise-std auto found no noise in {path.name}; give the noise level as a number")
-    return sigma
+    mask = None if mask_file is None else read_mask(mask_file, tuple(image.shape[-2:])).amin(0, keepdim=True)[None]
+    return noise_255(image[None], mask, source=path.name)
 
 
 def batches_of(items: list[Item], per_batch: int) -> list[list[int]]:
@@ -201,9 +190,8 @@ class FolderData(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         records = self.args.out / "records"
-        todo = [it for it in self.items if not it.tiled and not (records / f"{it.name}.json").is_file()]
-        index = {it.name: k for k, it in enumerate(self.items)}
-        batches = [[index[todo[k].name] for k in b] for b in batches_of(todo, self.args.images_per_batch)]
+        todo = [k for k, it in enumerate(self.items) if not it.tiled and not (records / f"{it.name}.json").is_file()]
+        batches = [[todo[j] for j in b] for b in batches_of([self.items[k] for k in todo], self.args.images_per_batch)]
         world = self.trainer.world_size if self.trainer is not None else 1
         k = 0
         while batches and len(batches) < world:
@@ -255,8 +243,7 @@ class FolderJPMAP(TiledJPMAP):
         if mask is None:
             return operator
         if self.prior.image_channels == 1 and channels > 1:
-            per_channel = mask.shape[1] == channels
-            mask = mask.reshape(-1, 1, *mask.shape[-2:]) if per_channel else mask.repeat_interleave(channels, 0)
+            mask = masks_per_channel(mask, channels)
         return Inpainting(mask, sigma)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
@@ -268,6 +255,7 @@ class FolderJPMAP(TiledJPMAP):
         operator = build_operator(**spec)
         mask = None if mask is None else mask.float()
         prior_op = self._prior_operator(operator, mask, sigma, y.shape[1]).to(y.device)
+        y_prior = to_prior_channels(y, self.prior.image_channels)  # Adam's and Wiener's batch
         start = time.perf_counter()
         if isinstance(config, JPMAPConfig):
             self.config, self.sigma = config, sigma
@@ -276,7 +264,7 @@ class FolderJPMAP(TiledJPMAP):
             iterations, diverged = self.last_iterations.tolist(), self.last_diverged.tolist()
         else:
             with torch.enable_grad():  # the predict loop runs under no_grad; Adam needs J's gradient
-                result = adam_joint(to_prior_channels(y, self.prior.image_channels), prior_op, self.prior, config)
+                result = adam_joint(y_prior, prior_op, self.prior, config)
             x = from_prior_channels(prior_op.frame(result.estimate.detach()), y.shape[1])
             iterations, diverged = [config.max_iters] * len(items), [False] * len(items)
         seconds = (time.perf_counter() - start) / len(items)
@@ -286,7 +274,7 @@ class FolderJPMAP(TiledJPMAP):
             raise RuntimeError(f"{bad.name} restored to non-finite values; lower --gamma or raise --tau")
         wiener = None
         if reference is not None:
-            wiener = tikhonov(to_prior_channels(y, self.prior.image_channels), prior_op, grad_std=0.1).estimate
+            wiener = tikhonov(y_prior, prior_op, grad_std=0.1).estimate
             wiener = from_prior_channels(prior_op.frame(wiener), y.shape[1]).cpu()
         out = []
         for k, it in enumerate(items):
@@ -408,8 +396,7 @@ def run_folder(args: argparse.Namespace) -> dict:
     """``restore.py`` with a folder (module docstring): plan and check, restore what is left, summarise."""
     validate_flags(args)
     args.noise_estimated = args.noise_std == "auto"  # per image: metrics.csv's noise_std (args keeps "auto")
-    items, configs = plan(args)
-    spec = {k: v for k, v in operator_spec(observe(args, items[0])[2]).items() if k != "sigma"}  # sigma: per batch
+    items, configs, spec = plan(args)
     accelerator, devices = _lightning_device(args)
     if args.images_per_batch is None:  # a batch fills a GPU; on a CPU it only costs cache (BENCHMARKS.md, Folders)
         gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())

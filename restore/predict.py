@@ -67,6 +67,13 @@ def build_operator(operator: str, sigma: float, kernel: Tensor | None = None, fa
     return ops[operator]()
 
 
+def masks_per_channel(mask: Tensor, channels: int) -> Tensor:
+    """Inpainting masks [N, 1 or C, H, W] of colour images restored channel by channel through a grey prior (the
+    images as [N * C, 1, H, W]): [N * C, 1, H, W], each channel's item with its mask."""
+    n, hw = mask.shape[0], mask.shape[-2:]
+    return mask.expand(n, channels, *hw).reshape(n * channels, 1, *hw)
+
+
 def on_pooling_grid(segments: Segments) -> bool:
     """Whether a window lies on the whole image's pooling grid as it is (one piece per axis, nothing to pad before
     it): the network then sees it as :class:`SegmentedPrior` would, through jpmap's own padding at the end."""
@@ -224,7 +231,7 @@ class TiledJPMAP(L.LightningModule):
             x0 = Inpainting(mask, self.sigma).init(y, fill)
         if c != pc and pc == 1:
             y = y.reshape(n * c, 1, h, w)
-            mask = None if mask is None else mask.expand(n, c, *mask.shape[-2:]).reshape(n * c, 1, *mask.shape[-2:])
+            mask = None if mask is None else masks_per_channel(mask, c)
             segments = None if segments is None else [s for s in segments for _ in range(c)]
             used = None if used is None else used.repeat_interleave(c, 0)
             x0 = None if x0 is None else x0.reshape(n * c, 1, h, w)
