@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality import centre_crop, write_csv  # noqa: E402
 from data.images import builtin_images, list_images, read_image, write_image  # noqa: E402
 
 
@@ -38,11 +39,8 @@ def crops(folder: Path, out: Path, limit: int, size: int) -> list[Path]:
         images = [(path.stem, read_image(path)) for path in list_images(folder)[:limit]]
     paths = []
     for stem, image in images:
-        h, w = image.shape[-2:]
-        side_h, side_w = min(size, h), min(size, w)
-        top, left = (h - side_h) // 2, (w - side_w) // 2
         paths.append(out / f"{stem}.png")
-        write_image(paths[-1], image[:, top:top + side_h, left:left + side_w])
+        write_image(paths[-1], centre_crop(image, size))
     return paths
 
 
@@ -94,11 +92,7 @@ def main() -> None:
         print(f"| {r['run']} | {r['seconds']:.1f} | {r['seconds'] / n:.2f} | {r['psnr']:.3f} | "
               f"{r['max_psnr_difference']:.2g} |")
     if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows, list(rows[0]))
 
 
 if __name__ == "__main__":
