@@ -52,8 +52,8 @@ from .cli import (UsageError, clean_for_scale, degrade_clean, from_prior_channel
                   validate_flags, validate_solver_flags)
 from .jpmap import JPMAPConfig
 from .operators import Inpainting, sigma_from_255
-from .predict import (TiledJPMAP, build_operator, file_id, is_rank_zero, masks_per_channel, operator_spec,
-                      quiet_lightning)
+from .predict import (TiledJPMAP, build_operator, check_run, file_id, is_rank_zero, masks_per_channel,
+                      operator_spec, quiet_lightning)
 from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
 
 FIELDS = ("name", "height", "width", "noise_std", "psnr", "ssim", "degraded_psnr", "tikhonov_psnr", "iterations",
@@ -336,18 +336,10 @@ class FolderWriter(BasePredictionWriter):
 
 
 def _check_run(args: argparse.Namespace, items: list[Item]) -> None:
-    """OUT may only be resumed by the same run: compare with (or write) its run.json."""
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
-    text = json.dumps({"images": [str(it.read) for it in items], "prior": file_id(args.prior), "settings": settings},
-                      indent=1, default=str)
-    run = args.out / "run.json"
-    if run.is_file():
-        if run.read_text() != text:
-            raise UsageError(f"{args.out} holds a run of other images, prior or settings; give another --out or "
-                             "delete that folder")
-        return
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run, text.encode())
+    """OUT may only be resumed by the same run: its images, prior and settings (:func:`restore.predict.check_run`)."""
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    check_run(args.out, {"images": [str(it.read) for it in items], "prior": file_id(args.prior), "settings": settings},
+              f"{args.out} holds a run of other images, prior or settings; give another --out or delete that folder")
 
 
 def _lightning_device(args: argparse.Namespace) -> tuple[str, object]:

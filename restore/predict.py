@@ -379,16 +379,16 @@ class TileWriter(BasePredictionWriter):
         trainer.strategy.barrier("tiles_written")  # every rank's tiles are on disk when predict returns
 
 
-def _check_run(tiles_dir: Path, fingerprint: dict) -> None:
-    """Tiles in ``tiles_dir`` may only be reused by the same run: compare with (or write) its ``run.json``."""
+def check_run(folder: Path, fingerprint: dict, refusal: str) -> None:
+    """Results in ``folder`` may only be reused by the same run: compare ``fingerprint`` with its ``run.json``
+    (raising ValueError(``refusal``) if they differ), or write it there."""
     text = json.dumps(fingerprint, indent=1, sort_keys=True, default=str)
-    run = tiles_dir / "run.json"
+    run = folder / "run.json"
     if run.is_file():
         if run.read_text() != text:
-            raise ValueError(f"{tiles_dir} holds tiles of another run (other input, operator, prior or settings); "
-                             "delete that folder or choose another output folder")
+            raise ValueError(refusal)
         return
-    tiles_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run, text.encode())
 
 
@@ -432,10 +432,12 @@ def restore_tiled(y, operator, prior_path: str | os.PathLike, jpmap_config: JPMA
     out_path = Path(out_path)
     work_dir = Path(work_dir) if work_dir is not None else out_path.parent
     tiles_dir = work_dir / "tiles"
-    _check_run(tiles_dir, {"input": source.fingerprint(), "grid": grid.describe(), "channels": channels,
-                           "operator": {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in spec.items()},
-                           "mask": masks[0].fingerprint() if masks else None, "config": asdict(jpmap_config),
-                           "prior": file_id(prior_path)})
+    check_run(tiles_dir, {"input": source.fingerprint(), "grid": grid.describe(), "channels": channels,
+                          "operator": {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in spec.items()},
+                          "mask": masks[0].fingerprint() if masks else None, "config": asdict(jpmap_config),
+                          "prior": file_id(prior_path)},
+              f"{tiles_dir} holds tiles of another run (other input, operator, prior or settings); delete that "
+              "folder or choose another output folder")
     del prior
     is_zero = True
     if missing_tiles(tiles_dir, [grid]):
