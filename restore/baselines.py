@@ -24,6 +24,7 @@ from torch import Tensor
 from .cg import conjugate_gradient
 from .jpmap import History, RestoreResult, _autocast, initial_x, z_step
 from .prior import Prior, crop
+from .operators import MatrixFree
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,18 @@ def _div(g: Tensor, wrap: bool = True) -> Tensor:
 
 
 def _wraps(operator) -> bool:
-    """Whether the operator's x grid wraps around (every operator but a valid blur or super-resolution)."""
-    return not getattr(operator, "valid", False)
+    """Whether the operator's x grid wraps around (every built-in operator but a valid blur or super-resolution;
+    a MatrixFree operator says so itself)."""
+    return getattr(operator, "wraps", not getattr(operator, "valid", False))
+
+
+def _warm_prox(operator):
+    """The x-step by conjugate gradients from a given start, for operators without a closed form (else None)."""
+    if getattr(operator, "valid", False):
+        return operator.prox_l2_valid
+    if isinstance(operator, MatrixFree) and operator.exact_prox is None:
+        return operator.prox_l2_cg
+    return None
 
 
 @torch.no_grad()
@@ -125,31 +136,41 @@ def tikhonov(y: Tensor, operator, grad_std: float = 0.05, max_iters: int = 200, 
 
 @torch.no_grad()
 def total_variation(y: Tensor, operator, lam: float = 0.02, max_iters: int = 300, tol: float = 1e-5) -> RestoreResult:
-    """argmin ||A x - y||^2/(2 sigma^2) + (lam / sigma^2) TV(x), Chambolle-Pock (TV isotropic, circular).
+    """argmin ||A x - y||^2/(2 sigma^2) + (lam / sigma^2) TV(x) (TV isotropic; circular, or Neumann for a valid
+    operator's grid), by Chambolle-Pock on the same objective divided by lam / sigma^2,
 
-    ``lam`` is the TV weight relative to the data term's 1/(2 sigma^2) scale, so one value works across
-    noise levels; the primal step is the operator's exact prox.
+        min_x ||A x - y||^2 / (2 lam) + TV(x):   p = proj_{|p| <= 1}(p + s grad x_bar),
+        x_new = argmin_x ||A x - y||^2 / (2 lam) + ||x - (x + t div p)||^2 / (2 t)  (the operator's prox_l2 with
+        gamma = sigma sqrt(t / lam)),   x_bar = 2 x_new - x,   s = t = 1/sqrt(8) (||grad||^2 <= 8),
+
+    so that the dual ball has radius 1 whatever the noise (with radius lam / sigma^2 the dual variable, moving by
+    s |grad x| per step, took thousands of steps to reach it). ``lam`` is the TV weight relative to the data term's
+    1/(2 sigma^2) scale, so one value works across noise levels. Stops when both the primal change (RMS) and the
+    dual one (RMS) are below ``tol``: from a start whose Laplacian vanishes where the data say nothing (the harmonic
+    inpainting start) the first primal steps are near 0 while the dual variable is still building up.
     """
     start = time.perf_counter()
-    weight = lam / operator.sigma**2
     step_p = step_d = 1.0 / math.sqrt(8.0)  # ||grad||^2 <= 8
+    gamma = operator.sigma * math.sqrt(step_p / lam)
     x, wrap = operator.init(y), _wraps(operator)
+    warm = _warm_prox(operator)
     x_bar, dual = x.clone(), torch.zeros_like(_grad(x, wrap))
     history, k = History(), 0
     for k in range(1, max_iters + 1):
-        dual = dual + step_d * _grad(x_bar, wrap)
-        norm = dual.pow(2).sum(1, keepdim=True).sqrt().clamp(min=weight) / weight
-        dual = dual / norm  # projection onto the ball of radius ``weight``
+        dual_new = dual + step_d * _grad(x_bar, wrap)
+        dual_new = dual_new / dual_new.pow(2).sum(1, keepdim=True).sqrt().clamp(min=1)  # onto the unit ball
+        dual_res = float(((dual_new - dual) ** 2).mean().sqrt())
+        dual = dual_new
         v = x + step_p * _div(dual, wrap)
-        if not wrap:  # a valid operator: conjugate gradients from the previous x, as the prox point moves little
-            x_new = operator.prox_l2_valid(v, y, math.sqrt(step_p), x0=x).solution.to(x.dtype)
+        if warm is not None:  # conjugate gradients from the previous x, as the prox point moves little
+            x_new = warm(v, y, gamma, x0=x).solution.to(x.dtype)
         else:
-            x_new = operator.prox_l2(v, y, math.sqrt(step_p))
+            x_new = operator.prox_l2(v, y, gamma)
         x_bar = 2 * x_new - x
         res = float(((x_new - x) ** 2).mean().sqrt())
         x = x_new
         history.residual.append(res)
-        if res < tol:
+        if res < tol and dual_res < tol:
             break
     history.seconds.append(time.perf_counter() - start)
     return RestoreResult(x, x, x, history, k, k < max_iters, time.perf_counter() - start)

@@ -54,7 +54,8 @@ def operator_spec(operator) -> dict:
         return {"operator": "blur", "sigma": operator.sigma, "kernel": operator.kernel.cpu(), "padding": operator.padding}
     if isinstance(operator, Denoising):
         return {"operator": "denoise", "sigma": operator.sigma}
-    raise TypeError(f"tiled restoration does not know the operator {type(operator).__name__}")
+    raise TypeError(f"tiled restoration cuts Denoising, Blur, SuperResolution and Inpainting into windows, not "
+                    f"{type(operator).__name__}; restore the whole image with restore.jpmap.jpmap")
 
 
 def build_operator(operator: str, sigma: float, kernel: Tensor | None = None, factor: int = 1,

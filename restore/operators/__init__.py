@@ -8,9 +8,10 @@ from .base import Denoising, Gamma, LinearOperator, OperatorError, sigma_from_25
 from .fourier import Blur, SuperResolution
 from .inpainting import Inpainting, box_mask, load_mask, random_box_mask, random_mask
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, validate_kernel
+from .matrix_free import MatrixFree, from_deepinv
 
-__all__ = ["Blur", "Denoising", "Gamma", "Inpainting", "LinearOperator", "OPERATORS", "OperatorError", "SuperResolution",
-           "box_mask", "gaussian_kernel", "load_kernel", "load_mask", "motion_kernel", "random_box_mask", "random_mask",
+__all__ = ["Blur", "Denoising", "Gamma", "Inpainting", "LinearOperator", "MatrixFree", "OPERATORS", "OperatorError", "SuperResolution",
+           "box_mask", "from_deepinv", "gaussian_kernel", "load_kernel", "load_mask", "motion_kernel", "random_box_mask", "random_mask",
            "sigma_from_255", "validate_kernel"]
 
 OPERATORS: dict[str, type[LinearOperator]] = {

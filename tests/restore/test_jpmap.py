@@ -154,8 +154,9 @@ def test_finite_differences_adjoint_and_bounded(wrap):
 
 
 def test_total_variation_valid_warm_starts_its_prox(monkeypatch):
-    """TV with a valid blur starts each x-step's conjugate gradients from the previous x: fewer steps (measured
-    28 against 62 per iteration at 96x96 with kernel 9), the same restoration."""
+    """TV with a valid blur starts each x-step's conjugate gradients from the previous x: fewer steps, the same
+    restoration. (Since TV's Chambolle-Pock works with a unit dual ball its x-steps are better conditioned and the
+    saving smaller: 956 against 1076 steps here; 2156 against 3436 before.)"""
     import restore.operators.fourier as fourier
 
     clean = _clean_image()[..., :40, :40]
@@ -169,14 +170,29 @@ def test_total_variation_valid_warm_starts_its_prox(monkeypatch):
             return result
         monkeypatch.setattr(fourier._FourierKernel, "prox_l2_valid", counted)
         steps[f"x{warm}"] = op.frame(total_variation(y, op, lam=0.02, max_iters=60).estimate)
-    assert steps[True] < 0.7 * steps[False], steps
+    assert steps[True] < 0.95 * steps[False], steps
 
     def psnr(x):
         return float(-10 * torch.log10(((x.clamp(0, 1) - op.frame(clean)) ** 2).mean()))
 
-    # measured: 2156 against 3436 steps; 32.339 dB both (RMS difference 1.4e-4)
     assert abs(psnr(steps["xTrue"]) - psnr(steps["xFalse"])) < 0.02
 
+
+
+def test_total_variation_does_not_stop_at_the_harmonic_start():
+    """The harmonic start's Laplacian vanishes in the holes, so TV's first primal steps are near 0 while its dual
+    variable builds up: a primal-only test stopped at iteration 1 and returned the start (13 of 16 box-inpainting
+    rows of an earlier benchmark). The dual change keeps it going until TV has filled the holes its own way."""
+    from restore.operators import box_mask
+
+    clean = _clean_image()
+    op = Inpainting(box_mask(64, 64, [(10, 12, 14, 14), (36, 30, 16, 16)]), 2.55 / 255)
+    y = op.degrade(clean.double(), torch.Generator().manual_seed(0)).float()
+    start = op.init(y)
+    tv = total_variation(y, op, lam=0.1 * op.sigma, max_iters=100)
+    assert tv.iterations > 20
+    holes = op.mask.expand_as(clean) == 0
+    assert float((tv.estimate - start)[holes].abs().max()) > 1e-2  # the holes are TV's, not the start's
 
 def test_bf16_matches_fp32_on_cpu():
     prior = load_prior(SHIPPED)
