@@ -26,8 +26,9 @@ from .jpmap import JPMAPConfig, jpmap
 from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
-from .operators import (Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
-                        load_kernel, load_mask, motion_kernel, random_mask, sigma_from_255)
+from .operators import (BAYER_PATTERNS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
+                        box_mask, gaussian_kernel, load_kernel, load_mask, masks_per_channel, motion_kernel, random_mask,
+                        sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
@@ -60,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="refuse images with more pixels than this (decompression-bomb guard)")
     op = p.add_argument_group("degradation")
-    op.add_argument("--operator", choices=["denoise", "blur", "sr", "inpaint"], default="blur")
+    op.add_argument("--operator", choices=["denoise", "blur", "sr", "inpaint", "demosaic"], default="blur",
+                    help="demosaic: one colour per pixel through a Bayer filter (--bayer); --input a grey raw mosaic "
+                         "or a colour image with the unobserved channels at 0; the output is colour")
     op.add_argument("--kernel", type=Path, help="blur kernel (.npy or image), centred, any size")
     op.add_argument("--blur-sigma", type=float, help="Gaussian blur kernel of this std in pixels")
     op.add_argument("--motion-length", type=float, help="straight motion blur of this length in pixels")
     op.add_argument("--scale", type=int, default=2, help="super-resolution factor")
     op.add_argument("--mask", type=Path, help="inpainting mask image (white = observed)")
+    op.add_argument("--bayer", choices=BAYER_PATTERNS, type=str.upper, default="RGGB",
+                    help="--operator demosaic: the colour filter's 2x2 pattern from the top-left pixel, row by row")
     op.add_argument("--mask-rate", type=float, default=0.5, help="fraction of missing pixels (random mask)")
     op.add_argument("--mask-box", action="append", default=[], metavar="TOP,LEFT,H,W",
                     help="missing box (repeatable); replaces the random mask")
@@ -175,6 +180,8 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
         return Blur(make_kernel(args), sigma, padding=args.boundary)
     if args.operator == "sr":
         return SuperResolution(make_kernel(args), args.scale, sigma, padding=args.boundary)
+    if args.operator == "demosaic":
+        return Inpainting(bayer_mask(*hw, args.bayer), sigma)
     mask_file = args.mask if mask_file is None else mask_file
     if mask_file is not None or have_observation:
         return Inpainting(read_mask(mask_file, hw), sigma)
@@ -190,6 +197,17 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
         generator = torch.Generator().manual_seed(args.seed) if generator is None else generator
         mask = random_mask(*hw, args.mask_rate, generator=generator)
     return Inpainting(mask, sigma)
+
+
+def as_observation(args: argparse.Namespace, image: Tensor, name: str = "--input") -> Tensor:
+    """An observation file's image [C, H, W] as the operator sees it: with ``--operator demosaic`` a grey raw mosaic
+    becomes three equal channels (the Bayer mask keeps one per pixel) and a colour one is taken as it is."""
+    if args.operator != "demosaic" or image.shape[0] == 3:
+        return image
+    if image.shape[0] != 1:
+        raise UsageError(f"{name} has {image.shape[0]} channels; --operator demosaic takes a grey raw mosaic or a "
+                         "colour image")
+    return image.expand(3, *image.shape[-2:]).contiguous()
 
 
 def read_mask(path: Path | None, hw: tuple[int, int]) -> Tensor:
@@ -337,12 +355,24 @@ def estimate_input_noise(args: argparse.Namespace) -> float:
         side_h, side_w = min(h, ESTIMATE_BOX), min(w, ESTIMATE_BOX)
         boxes = [Box(r, r + side_h, c, c + side_w) for r in (0, (h - side_h) // 2, h - side_h)
                  for c in (0, (w - side_w) // 2, w - side_w)]
+    if args.operator == "demosaic":  # boxes on even rows and columns: the Bayer pattern's phase of the whole image
+        boxes = [Box(b.r0 - b.r0 % 2, b.r1 - b.r0 % 2, b.c0 - b.c0 % 2, b.c1 - b.c0 % 2) for b in boxes]
+        return noise_255(torch.cat([bayer_planes(source.read(b), args.bayer) for b in boxes]))
     mask = None
     if args.operator == "inpaint":
         mask = read_mask(args.mask, (h, w))
         mask = torch.stack([cut(mask.reshape(-1, h, w).amin(0, keepdim=True), b) for b in boxes])  # [B, 1, h, w]
     crops = torch.stack([source.read(b) for b in boxes])  # [B, C, h, w]
     return noise_255(crops, mask)
+
+
+def bayer_planes(image: Tensor, pattern: str) -> Tensor:
+    """A Bayer observation [1 or 3, H, W] (a grey raw mosaic, or colour with the unobserved channels at 0) as its
+    four 2x2 phases [4, 1, H // 2, W // 2], each of one colour: what ``--noise-std auto`` reads for demosaicing."""
+    h, w = image.shape[-2:]
+    mosaic = image[0] if image.shape[0] == 1 else (image * bayer_mask(h, w, pattern)).sum(0)
+    rows, cols = h - h % 2, w - w % 2
+    return torch.stack([mosaic[i:rows:2, j:cols:2] for i in (0, 1) for j in (0, 1)])[:, None]
 
 
 def noise_255(images: Tensor, mask: Tensor | None = None, source: str | None = None) -> float:
@@ -462,7 +492,7 @@ def run(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     sigma = sigma_from_255(args.noise_std)
     prior = load_prior(args.prior, map_location=device)
-    if args.input is not None and args.clean is None:
+    if args.input is not None and args.clean is None and args.operator != "demosaic":  # a mosaic is read whole
         from .large_io import open_image
         source = open_image(args.input, args.max_pixels)
         c, h, w = source.shape
@@ -473,7 +503,10 @@ def run(args: argparse.Namespace) -> dict:
         clean, info = read_image_with_info(args.clean, max_pixels=args.max_pixels)
     if args.input is not None:
         y, in_info = read_image_with_info(args.input, max_pixels=args.max_pixels)
-        info = info or in_info
+        y, info = as_observation(args, y), info or in_info
+    if args.operator == "demosaic" and clean is not None and clean.shape[0] != 3:
+        raise UsageError(f"--operator demosaic restores colour: --clean has {clean.shape[0]} channel(s), give a "
+                         "colour image")
     channels = (clean if clean is not None else y).shape[0]
     if clean is not None and y is None:
         clean = clean_for_scale(args, clean)
@@ -497,6 +530,8 @@ def run(args: argparse.Namespace) -> dict:
         estimate = read_image_with_info(out_path)[0]
         result = None
     else:
+        if isinstance(operator, Inpainting) and prior.image_channels == 1 and channels > 1:  # channel by channel
+            operator = Inpainting(masks_per_channel(operator.mask, channels), sigma)
         operator = operator.to(device)
         y_batch = to_prior_channels(y[None].to(device, torch.float32), prior.image_channels)
         progress = None if args.no_progress else _progress(args.iterations)

@@ -47,9 +47,9 @@ from torch.utils.data import DataLoader, Dataset
 from data.images import DataError, atomic_write_bytes, list_images, read_image_with_info, write_image
 
 from .baselines import adam_joint, tikhonov
-from .cli import (UsageError, clean_for_scale, degrade_clean, from_prior_channels, make_operator, metrics_of,
-                  noise_255, pick_device, read_mask, reference_for, solution_hw, solver_config, to_prior_channels,
-                  validate_flags, validate_solver_flags)
+from .cli import (UsageError, as_observation, bayer_planes, clean_for_scale, degrade_clean, from_prior_channels,
+                  make_operator, metrics_of, noise_255, pick_device, read_mask, reference_for, solution_hw,
+                  solver_config, to_prior_channels, validate_flags, validate_solver_flags)
 from .jpmap import JPMAPConfig
 from .operators import Inpainting, sigma_from_255
 from .predict import (TiledJPMAP, build_operator, check_run, file_id, is_rank_zero, masks_per_channel,
@@ -109,10 +109,14 @@ def observe(args: argparse.Namespace, item: Item, image: Tensor | None = None) -
     image = _read(item.read, args)[0] if image is None else image
     sigma = sigma_from_255(item.noise)
     if args.input is not None:
+        image = as_observation(args, image, item.read.name)
         clean = None if item.clean is None else _read(item.clean, args)[0]
         hw = tuple(clean.shape[-2:]) if clean is not None else solution_hw(args, tuple(image.shape[-2:]))
         operator = make_operator(args, hw, sigma, have_observation=True, mask_file=item.mask)
         return image, None if clean is None else reference_for(args, operator, image, clean), operator
+    if args.operator == "demosaic" and image.shape[0] != 3:
+        raise UsageError(f"--operator demosaic restores colour: {item.read.name} has {image.shape[0]} channel(s); "
+                         "give colour images")
     clean = clean_for_scale(args, image)
     generator = torch.Generator().manual_seed(args.seed + item.index)
     operator = make_operator(args, tuple(clean.shape[-2:]), sigma, have_observation=False, mask_file=item.mask,
@@ -149,7 +153,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object], dic
         if tiled and args.method != "jpmap":
             raise UsageError(f"{path.name} restores to {out_hw[0]}x{out_hw[1]} pixels, which go tile by tile, and "
                              "tiled restoration runs JPMAP only; drop --method adam (or the image)")
-        noise = args.noise_std if args.noise_std != "auto" else _estimate(image, mask, path)
+        noise = args.noise_std if args.noise_std != "auto" else _estimate(args, image, mask, path)
         item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise, tiled)
         operator = observe(args, item, image)[2]  # every refusal now, before anything is written
         items.append(replace(item, mask_channels=operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0))
@@ -163,8 +167,11 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object], dic
     return items, configs, spec
 
 
-def _estimate(image: Tensor, mask_file: Path | None, path: Path) -> float:
-    """``--noise-std auto`` for one image of the folder (0-255; its observed pixels with a mask)."""
+def _estimate(args: argparse.Namespace, image: Tensor, mask_file: Path | None, path: Path) -> float:
+    """``--noise-std auto`` for one image of the folder (0-255; its observed pixels with a mask; a mosaic's four
+    one-colour phases for demosaicing)."""
+    if args.operator == "demosaic":
+        return noise_255(bayer_planes(image, args.bayer), source=path.name)
     mask = None if mask_file is None else read_mask(mask_file, tuple(image.shape[-2:])).amin(0, keepdim=True)[None]
     return noise_255(image[None], mask, source=path.name)
 

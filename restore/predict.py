@@ -38,7 +38,7 @@ from hvae.export import load_prior
 from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
 from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap, network_for
 from .large_io import ImageSource, TensorSource, open_image
-from .operators import Blur, Denoising, Inpainting, SuperResolution
+from .operators import Blur, Denoising, Inpainting, SuperResolution, masks_per_channel
 from .tiling import (BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment,
                      valid_extent)
 
@@ -66,13 +66,6 @@ def build_operator(operator: str, sigma: float, kernel: Tensor | None = None, fa
     if operator not in ops:
         raise ValueError(f"unknown operator {operator!r}; use one of {sorted(ops)}")
     return ops[operator]()
-
-
-def masks_per_channel(mask: Tensor, channels: int) -> Tensor:
-    """Inpainting masks [N, 1 or C, H, W] of colour images restored channel by channel through a grey prior (the
-    images as [N * C, 1, H, W]): [N * C, 1, H, W], each channel's item with its mask."""
-    n, hw = mask.shape[0], mask.shape[-2:]
-    return mask.expand(n, channels, *hw).reshape(n * channels, 1, *hw)
 
 
 def on_pooling_grid(segments: Segments) -> bool:

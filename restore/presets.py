@@ -1,6 +1,6 @@
 """Restoration presets: the JPMAP settings restore.py and the benchmarks use per operator and noise level.
 
-A preset file is YAML mapping an operator (``blur``, ``denoise``, ``sr``, ``inpaint``) to either one setting
+A preset file is YAML mapping an operator (``blur``, ``denoise``, ``sr``, ``inpaint``, ``demosaic``) to either one setting
 (valid at every noise level) or a list of settings each tagged with the noise std it was tuned at::
 
     denoise: {gamma: 20, tau: 1.0, iterations: 20, return: decoded}
@@ -28,7 +28,7 @@ from pathlib import Path
 
 FIELDS = ("gamma", "tau", "iterations", "return")
 FALLBACK = {"gamma": 10.0, "tau": "0.8", "iterations": 50, "return": "x"}
-OPERATORS = ("blur", "denoise", "sr", "inpaint")
+OPERATORS = ("blur", "denoise", "sr", "inpaint", "demosaic")
 
 
 class PresetError(ValueError):

@@ -6,17 +6,19 @@ Images are NCHW float tensors in [0, 1]. Each operator is a stateless ``nn.Modul
 """
 from .base import Denoising, Gamma, LinearOperator, OperatorError, sigma_from_255
 from .fourier import Blur, SuperResolution
-from .inpainting import Inpainting, box_mask, load_mask, random_box_mask, random_mask
+from .inpainting import (BAYER_PATTERNS, Inpainting, bayer_mask, box_mask, load_mask, masks_per_channel, random_box_mask,
+                         random_mask)
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, validate_kernel
 from .matrix_free import MatrixFree, from_deepinv
 
-__all__ = ["Blur", "Denoising", "Gamma", "Inpainting", "LinearOperator", "MatrixFree", "OPERATORS", "OperatorError", "SuperResolution",
-           "box_mask", "from_deepinv", "gaussian_kernel", "load_kernel", "load_mask", "motion_kernel", "random_box_mask", "random_mask",
-           "sigma_from_255", "validate_kernel"]
+__all__ = ["BAYER_PATTERNS", "Blur", "Denoising", "Gamma", "Inpainting", "LinearOperator", "MatrixFree", "OPERATORS",
+           "OperatorError", "SuperResolution", "bayer_mask", "box_mask", "from_deepinv", "gaussian_kernel", "load_kernel",
+           "load_mask", "masks_per_channel", "motion_kernel", "random_box_mask", "random_mask", "sigma_from_255", "validate_kernel"]
 
 OPERATORS: dict[str, type[LinearOperator]] = {
     "denoise": Denoising,
     "blur": Blur,
     "sr": SuperResolution,
     "inpaint": Inpainting,
+    "demosaic": Inpainting,  # with bayer_mask
 }

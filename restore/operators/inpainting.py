@@ -127,6 +127,29 @@ def box_mask(height: int, width: int, boxes: list[tuple[int, int, int, int]]) ->
     return m
 
 
+def masks_per_channel(mask: Tensor, channels: int) -> Tensor:
+    """Inpainting masks [N, 1 or C, H, W] of colour images restored channel by channel through a grey prior (the
+    images as [N * C, 1, H, W]): [N * C, 1, H, W], each channel's item with its mask."""
+    n, hw = mask.shape[0], mask.shape[-2:]
+    return mask.expand(n, channels, *hw).reshape(n * channels, 1, *hw)
+
+
+BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+
+
+def bayer_mask(height: int, width: int, pattern: str = "RGGB") -> Tensor:
+    """[3, H, W] colour filter array: each pixel observes one channel (R, G or B), by the 2x2 ``pattern`` read
+    row by row from the top-left pixel (RGGB: red at (0, 0), green at (0, 1) and (1, 0), blue at (1, 1)).
+    Demosaicing is inpainting with this per-channel mask, so its x-step is the same closed form."""
+    pattern = str(pattern).upper()
+    if pattern not in BAYER_PATTERNS:
+        raise OperatorError(f"Bayer pattern {pattern!r} is not one of {', '.join(BAYER_PATTERNS)}")
+    m = torch.zeros(3, height, width)
+    for k, colour in enumerate(pattern):
+        m["RGB".index(colour), k // 2::2, k % 2::2] = 1
+    return m
+
+
 def random_box_mask(height: int, width: int, generator: torch.Generator | None = None, count: int = 3,
                     frac: float = 0.2) -> Tensor:
     """[1, H, W] mask with ``count`` missing squares of side round(frac * min(H, W)) at random positions."""

@@ -86,12 +86,12 @@ class MatrixFree(LinearOperator):
         Au = self._A(u)
         if not isinstance(Au, Tensor) or Au.shape[:1] != u.shape[:1]:
             raise OperatorError(f"A must map an image batch of shape {tuple(u.shape)} to a tensor with its batch "
-                                f"size {u.shape[0]} first, got {getattr(Au, 'shape', type(Au).__name__)}")
+                                f"size {u.shape[0]} first, got {_shape(Au)}")
         v = torch.randn(Au.shape, generator=gen, dtype=Au.dtype).to(x.device)
         Atv = self._At(v)
         if not isinstance(Atv, Tensor) or Atv.shape != u.shape:
             raise OperatorError(f"A_adjoint must map y of shape {tuple(v.shape)} back to the image shape "
-                                f"{tuple(u.shape)}, got {getattr(Atv, 'shape', type(Atv).__name__)}")
+                                f"{tuple(u.shape)}, got {_shape(Atv)}")
         lhs, rhs = float((Au * v).sum()), float((u * Atv.to(u.dtype)).sum())
         scale = float(Au.norm() * v.norm())
         if not abs(lhs - rhs) <= self.adjoint_tol * max(scale, torch.finfo(dt).tiny):
@@ -141,6 +141,10 @@ class MatrixFree(LinearOperator):
     def x_shape(self, y_shape: tuple) -> tuple:
         raise OperatorError("a MatrixFree operator does not know its image's shape from y's; pass x0 or use "
                             "the built-in operators for tiled or folder restoration")
+
+
+def _shape(v) -> str:
+    return str(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__
 
 
 def _bicubic(y: Tensor, factor: int) -> Tensor:
@@ -193,4 +197,7 @@ def from_deepinv(physics, sigma: float | None = None, prox: str = "auto", **kwar
         kwargs["init"] = _Inpainting(mask.detach().cpu().clamp(0, 1), sigma).init  # harmonic interpolation
     elif "init" not in kwargs and "Downsampling" in names and "Upsampling" not in names:
         kwargs["init"] = functools.partial(_bicubic, factor=int(physics.factor))
-    return MatrixFree(physics.A, physics.A_adjoint, sigma, exact_prox=exact if use_physics else None, **kwargs)
+    op = MatrixFree(physics.A, physics.A_adjoint, sigma, exact_prox=exact if use_physics else None, **kwargs)
+    if isinstance(physics, torch.nn.Module):
+        op.physics = physics  # a submodule: op.to(device) moves the physics' buffers (its mask, its filter) too
+    return op

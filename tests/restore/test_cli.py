@@ -317,3 +317,97 @@ def test_fast_with_compile_and_refusals(monkeypatch):
     monkeypatch.setattr(cli, "native_bf16_cpu", lambda: False)
     with pytest.raises(cli.UsageError, match="no native kernels"):
         cli.solver_config(parse(["--device", "cpu", "--fast"]))
+
+
+def _mosaic(tmp_path, noise: float = 2.55):
+    """A colour crop, its RGGB mosaic as a grey raw image and as colour with the unobserved channels at 0."""
+    from data.images import builtin_images
+    from restore.operators import bayer_mask
+
+    clean = builtin_images(3)[1][:, 100:164, 100:180]
+    mask = bayer_mask(64, 80, "RGGB")
+    noisy = (clean.double() + noise / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0),
+                                                        dtype=torch.float64)).float()
+    raw = (noisy * mask).sum(0, keepdim=True).clamp(0, 1)
+    paths = {"clean": tmp_path / "clean.png", "raw": tmp_path / "raw.png", "colour": tmp_path / "mosaic.png"}
+    write_image(paths["clean"], clean)
+    write_image(paths["raw"], raw, bit_depth=16)
+    write_image(paths["colour"], raw * mask, bit_depth=16)
+    return paths
+
+
+def test_demosaic_clean_raw_and_colour_inputs(tmp_path, capsys):
+    """--operator demosaic: synthetic from --clean, and a real mosaic given as a grey raw image or as colour with the
+    unobserved channels at 0, which are the same observation: the same restoration, bit for bit. The prior's colour
+    correlations beat the channel-by-channel Wiener baseline by a wide margin."""
+    paths = _mosaic(tmp_path)
+    out = tmp_path / "synthetic"
+    code, cap = _run(["--clean", paths["clean"], "--operator", "demosaic", "--noise-std", "2.55", "--iterations", "10",
+                      "--out", out], capsys)
+    assert code == 0, cap.err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["gamma"] == 40 and m["settings"]["return_estimate"] == "x"  # the preset's demosaic entry
+    assert m["psnr"] > m["tikhonov"]["psnr"] + 1.0, (m["psnr"], m["tikhonov"]["psnr"])  # measured: 32.4 against 29.6
+    assert read_image_with_info(out / "degraded.png")[0].shape == (3, 64, 80)
+    restored = {}
+    for kind in ("raw", "colour"):
+        out = tmp_path / kind
+        code, cap = _run(["--input", paths[kind], "--clean", paths["clean"], "--operator", "demosaic", "--bayer",
+                          "rggb", "--noise-std", "2.55", "--iterations", "10", "--out", out], capsys)
+        assert code == 0, cap.err
+        restored[kind] = (out / "restored.png").read_bytes()
+        m = json.loads((out / "metrics.json").read_text())
+        assert read_image_with_info(out / "restored.png")[0].shape == (3, 64, 80) and m["psnr"] > m["tikhonov"]["psnr"]
+    assert restored["raw"] == restored["colour"]
+
+
+def test_demosaic_noise_auto_and_refusals(tmp_path, capsys):
+    from data.images import builtin_images
+
+    paths = _mosaic(tmp_path / "m", noise=10)
+    code, cap = _run(["--input", paths["raw"], "--operator", "demosaic", "--noise-std", "auto", "--iterations", "1",
+                      "--out", tmp_path / "auto"], capsys)
+    assert code == 0, cap.err
+    estimate = json.loads((tmp_path / "auto" / "metrics.json").read_text())["sigma"] * 255
+    assert estimate == pytest.approx(10, rel=0.2), estimate  # measured: 10.6, from the 4 one-colour phases
+    write_image(tmp_path / "grey.png", builtin_images(3)[1][:1, :64, :64])
+    write_image(tmp_path / "two.png", builtin_images(3)[1][:2, :64, :64].mean(0, keepdim=True))
+    out = tmp_path / "refused"
+    code, cap = _run(["--clean", tmp_path / "grey.png", "--operator", "demosaic", "--noise-std", "2.55", "--out", out],
+                     capsys)
+    assert code == 2 and len(cap.err.strip().splitlines()) == 1, cap.err
+    assert "demosaic restores colour: --clean has 1 channel(s), give a colour image" in cap.err and not out.exists()
+    with pytest.raises(SystemExit) as info:
+        _run(["--clean", paths["clean"], "--operator", "demosaic", "--bayer", "RGBG", "--out", out], capsys)
+    assert info.value.code == 2 and "invalid choice: 'RGBG'" in capsys.readouterr().err and not out.exists()
+
+
+def test_demosaic_with_a_grey_prior_goes_channel_by_channel(tmp_path, tiny_config, capsys):
+    """A grey prior restores a colour image channel by channel; demosaicing's mask differs by channel, so each
+    channel's item gets its own (before, the single-image path handed the colour mask to grey items and failed)."""
+    from dataclasses import replace
+
+    from hvae.export import export_prior
+    from hvae.model import HierarchicalVAE
+
+    export_prior(HierarchicalVAE(replace(tiny_config, image_channels=1)), tmp_path / "grey.pt")
+    paths = _mosaic(tmp_path)
+    code, cap = _run(["--clean", paths["clean"], "--operator", "demosaic", "--prior", tmp_path / "grey.pt",
+                      "--noise-std", "2.55", "--iterations", "2", "--out", tmp_path / "o"], capsys)
+    assert code == 0, cap.err
+    assert read_image_with_info(tmp_path / "o" / "restored.png")[0].shape == (3, 64, 80)
+
+
+def test_demosaic_tile_by_tile_matches_the_whole_image(tmp_path, capsys):
+    """A raw mosaic tile by tile (each tile's own Bayer mask cut from the image's, in phase) restores as the whole
+    image does (measured at 5 iterations: 33.017 against 33.032 dB)."""
+    paths = _mosaic(tmp_path)
+    psnr = {}
+    for name, extra in (("whole", []), ("tiled", ["--tile", "32"])):
+        code, cap = _run(["--input", paths["raw"], "--clean", paths["clean"], "--operator", "demosaic", "--noise-std",
+                          "2.55", "--iterations", "3", "--out", tmp_path / name, *extra], capsys)
+        assert code == 0, cap.err
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        psnr[name] = m["psnr"]
+        assert m["tiled"] == (name == "tiled")
+    assert abs(psnr["tiled"] - psnr["whole"]) < 0.05, psnr

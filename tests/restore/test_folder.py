@@ -185,6 +185,35 @@ def test_input_folder_with_references_masks_and_noise_estimates(tmp_path, capsys
     assert not (out / "degraded").exists()  # the observations are the user's own files
 
 
+def test_folder_of_raw_mosaics_demosaiced_as_one_at_a_time(tmp_path, capsys):
+    """--operator demosaic on a folder of grey raw mosaics (16-bit) with references, noise estimated per image: colour
+    outputs, each equal to restore.py on that mosaic alone."""
+    from restore.operators import bayer_mask
+
+    photos = builtin_images(3)
+    for k, name in enumerate(("p", "q")):
+        clean = photos[k + 1][:, :80, :96]
+        noisy = clean + 6 / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(k))
+        for folder, image in (("raw", (noisy * bayer_mask(80, 96, "GRBG")).sum(0, keepdim=True)), ("ref", clean)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            write_image(tmp_path / folder / f"{name}.png", image.clamp(0, 1), bit_depth=16)
+    common = ["--operator", "demosaic", "--bayer", "GRBG", "--noise-std", "auto", "--iterations", "4"]
+    code, cap = _run(["--input", tmp_path / "raw", "--clean", tmp_path / "ref", *common, "--out", tmp_path / "o"],
+                     capsys)
+    assert code == 0, cap.err
+    rows = _rows(tmp_path / "o")
+    for name in ("p", "q"):
+        restored, info = read_image_with_info(tmp_path / "o" / "restored" / f"{name}.png")
+        assert restored.shape == (3, 80, 96) and info.bit_depth == 16
+        assert float(rows[name]["noise_std"]) == pytest.approx(6, rel=0.25)
+        code, cap = _run(["--input", tmp_path / "raw" / f"{name}.png", "--clean", tmp_path / "ref" / f"{name}.png",
+                          *common, "--out", tmp_path / name], capsys)
+        assert code == 0, cap.err
+        single = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert float(rows[name]["psnr"]) == pytest.approx(single["psnr"], abs=1e-6)
+        assert float(rows[name]["psnr"]) > float(rows[name]["tikhonov_psnr"]) + 1
+
+
 def test_large_images_of_a_folder_go_tile_by_tile(tmp_path, clean_dir, capsys, monkeypatch):
     """Images over the whole-image limit (lowered here to below 48x64) are restored tile by tile in the same run,
     grey and 16-bit kept, close to their whole-image restoration; the others whole. Their tiles are gone at the end."""

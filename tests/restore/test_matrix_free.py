@@ -8,8 +8,8 @@ import torch
 
 from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation
 from restore.jpmap import JPMAPConfig, jpmap
-from restore.operators import (Blur, Denoising, Inpainting, MatrixFree, OperatorError, SuperResolution, from_deepinv,
-                               gaussian_kernel, random_mask)
+from restore.operators import (Blur, Denoising, Inpainting, MatrixFree, OperatorError, SuperResolution, bayer_mask,
+                               from_deepinv, gaussian_kernel, random_mask)
 from restore.predict import restore_tiled
 
 from .test_jpmap import LinearGaussianPrior
@@ -79,12 +79,12 @@ def test_starts():
     assert torch.equal(MatrixFree(inp.A, inp.A_adjoint, 0.01, init=lambda v: v + 1).init(y), y + 1)
 
 
-def test_bad_operators_are_refused_in_one_line():
+def test_bad_operators_are_refused_in_one_line(tmp_path):
     blur = _builtin("blur")
     x = torch.rand(1, 3, 12, 16, dtype=DT)
     cases = [
         (lambda: MatrixFree(blur.A, blur.A, 0.03).A(x), "A_adjoint is not the adjoint of A"),
-        (lambda: MatrixFree(lambda v: v[0], blur.A_adjoint, 0.03).A(x), "batch size 1 first"),
+        (lambda: MatrixFree(lambda v: v[0], blur.A_adjoint, 0.03).A(x), r"batch size 1 first, got \(3, 12, 16\)"),
         (lambda: MatrixFree(blur.A, lambda v: v[..., :4], 0.03).prox_l2(x, x, 0.1), "back to the image shape"),
         (lambda: MatrixFree(blur.A, blur.A_adjoint, 0.03, init="zeros"), "init must be one of"),
         (lambda: MatrixFree(blur.A, blur.A_adjoint, 0.03, cg_tol=0), "need cg_tol > 0"),
@@ -98,7 +98,9 @@ def test_bad_operators_are_refused_in_one_line():
             call()
         assert "\n" not in str(info.value)
     with pytest.raises(TypeError, match="not MatrixFree; restore the whole image"):
-        restore_tiled(x[0].float(), MatrixFree(blur.A, blur.A_adjoint, 0.03), "priors/natural.pt", JPMAPConfig(), "o.png")
+        restore_tiled(x[0].float(), MatrixFree(blur.A, blur.A_adjoint, 0.03), "priors/natural.pt", JPMAPConfig(),
+                      tmp_path / "out" / "o.png")
+    assert not (tmp_path / "out").exists()
 
 
 def test_baselines_and_jpmap_match_the_builtin_blur(busy_tiny_model):
@@ -144,10 +146,16 @@ def test_deepinv_physics_closed_form_and_iterative():
         # float32 round-off times the system's condition number (1 + ||A||^2 / rho, about 100 here)
         torch.testing.assert_close(op.prox_l2(z, y, 0.3), cg, atol=5e-5, rtol=0)
     demosaic = from_deepinv(cases[0][0])
+    ours = Inpainting(bayer_mask(12, 16, "BGGR"), 0.03)  # restore.py --operator demosaic --bayer BGGR
+    y = demosaic.degrade(z, _gen(12))
+    torch.testing.assert_close(demosaic.prox_l2(z, y, 0.3), ours.prox_l2(z, y, 0.3))
+    torch.testing.assert_close(demosaic.init(y), ours.init(y))
     y = demosaic.A(z)
     start = demosaic.init(y)  # the harmonic interpolation of each channel's observed pixels
     assert float((start - z).abs().mean()) < float((y - z).abs().mean())
     assert from_deepinv(cases[3][0]).init(torch.rand(1, 3, 6, 8)).shape == (1, 3, 12, 16)  # bicubic
+    moved = from_deepinv(cases[1][0]).to(torch.float64)  # the physics is a submodule: its mask moves with it
+    assert cases[1][0].mask.dtype == torch.float64 and moved.A(z.double()).dtype == torch.float64
     with pytest.raises(OperatorError, match="not GaussianNoise; pass sigma="):
         from_deepinv(p.Inpainting(img_size=(3, 12, 16), mask=0.6))
     assert from_deepinv(p.Inpainting(img_size=(3, 12, 16), mask=0.6), sigma=0.01).sigma == 0.01

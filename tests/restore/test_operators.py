@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from restore.operators import (
-    OPERATORS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, box_mask, gaussian_kernel,
+    OPERATORS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask, box_mask, gaussian_kernel,
     load_kernel, load_mask, motion_kernel, random_box_mask, random_mask, sigma_from_255, validate_kernel,
 )
 
@@ -314,7 +314,7 @@ def test_lambda_min_and_registry():
     assert Inpainting(box_mask(4, 4, [(0, 0, 1, 1)]), 0.1).lambda_min() == 0.0
     assert abs(Blur(torch.ones(1, 1), 0.1).lambda_min() - 1.0) < 1e-12
     assert 0 <= Blur(gaussian_kernel(2.0), 0.1).lambda_min() < 1e-3
-    assert set(OPERATORS) == {"denoise", "blur", "sr", "inpaint"}
+    assert set(OPERATORS) == {"denoise", "blur", "sr", "inpaint", "demosaic"}
     assert abs(sigma_from_255(25.5) - 0.1) < 1e-15
 
 
@@ -388,3 +388,17 @@ def test_validation_errors(tmp_path):
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="noise std must be > 0 on the 0-255 scale, got"):
             sigma_from_255(bad)
+
+
+def test_bayer_mask_patterns():
+    rggb = bayer_mask(4, 6, "rggb")
+    assert rggb.shape == (3, 4, 6) and torch.equal(rggb.sum(0), torch.ones(4, 6))  # one channel per pixel
+    assert rggb[0, 0, 0] == 1 and rggb[1, 0, 1] == 1 and rggb[1, 1, 0] == 1 and rggb[2, 1, 1] == 1
+    assert float(rggb[1].mean()) == 0.5 and float(rggb[0].mean()) == float(rggb[2].mean()) == 0.25
+    for pattern in ("BGGR", "GRBG", "GBRG"):
+        m = bayer_mask(4, 6, pattern)
+        assert all(m["RGB".index(c), k // 2, k % 2] == 1 for k, c in enumerate(pattern))
+    dinv = pytest.importorskip("deepinv")  # deepinv's "bayer" is BGGR in this naming
+    assert torch.equal(bayer_mask(4, 6, "BGGR"), dinv.physics.Demosaicing(img_size=(4, 6)).mask[0])
+    with pytest.raises(OperatorError, match="not one of RGGB"):
+        bayer_mask(4, 6, "RGBG")
