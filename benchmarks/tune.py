@@ -23,13 +23,13 @@ from hvae.export import load_prior  # noqa: E402
 from restore.baselines import tikhonov  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
-from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
-                               random_box_mask, random_mask, sigma_from_255)
+from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, gaussian_kernel,  # noqa: E402
+                               load_kernel, random_box_mask, random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-DEFAULT_NOISE = {"blur": 7.65, "denoise": 25.0, "sr": 3.0, "inpaint": 3.0}  # 0-255 scale
+DEFAULT_NOISE = {"blur": 7.65, "denoise": 25.0, "sr": 3.0, "inpaint": 3.0, "demosaic": 2.55}  # 0-255 scale
 
 
 def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor: int = 2, mask: str = "random",
@@ -42,6 +42,8 @@ def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor
         return Denoising(sigma)
     if task == "sr":
         return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma, boundary)
+    if task == "demosaic":  # restore.py --operator demosaic's default pattern
+        return Inpainting(bayer_mask(size, size, "RGGB"), sigma)
     if mask == "boxes":  # as benchmarks/quality.py's inpaint_boxes: 3 squares of a fifth of the side
         return Inpainting(random_box_mask(size, size, g), sigma)
     return Inpainting(random_mask(size, size, 0.5, generator=g), sigma)
@@ -53,7 +55,7 @@ def psnr(x, ref):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--task", choices=["blur", "denoise", "sr", "inpaint"], default="blur")
+    p.add_argument("--task", choices=["blur", "denoise", "sr", "inpaint", "demosaic"], default="blur")
     p.add_argument("--folder", default=str(ROOT.parent / "shared/data/train/natural-CBSD432"))
     p.add_argument("--kernels", default=str(ROOT.parent / "shared/data/kernels"))
     p.add_argument("--prior", default=str(ROOT / "priors/natural.pt"))
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="each a value, a comma list (one per group) or START:END (linear top->bottom)")
     p.add_argument("--iters", type=int, nargs="+", default=[30])
     p.add_argument("--noise", type=float, help="noise std, 0-255 scale (default: blur 7.65, denoise 25, sr and "
-                                                "inpaint 3; faces blur: 8)")
+                                                "inpaint 3, demosaic 2.55; faces blur: 8)")
     p.add_argument("--kernel-ids", nargs="+", default=["9"], help="blur kernels (files KERNELS/<id>.npy)")
     p.add_argument("--sr-factor", type=int, default=2, help="sr task factor (faces: 4)")
     p.add_argument("--mask", choices=["random", "boxes"], default="random",

@@ -58,3 +58,21 @@ def test_tune_valid_boundary_scores_the_frame(tmp_path, tiny_model, load_benchma
     out = capsys.readouterr().out
     assert "valid boundary" in out and len(_psnr_lines(out)[2]) == 1
     assert set(seen) == {(16, 16)}  # 20x20 crops, 5x5 kernel: every PSNR on the 16x16 frame
+
+
+def test_tune_demosaic_task(tmp_path, tiny_model, load_benchmark, capsys):
+    """--task demosaic: restore.py's operator (an RGGB Bayer mask), started from the harmonic fill of each channel."""
+    g = torch.Generator().manual_seed(2)
+    folder = tmp_path / "train"
+    for i in range(60):
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
+        write_image(folder / f"im{i:02d}.png", x[0])
+    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    tune = load_benchmark("tune")
+    tune.main(["--task", "demosaic", "--folder", str(folder), "--prior", str(prior), "--crops", "2", "--size", "16",
+               "--gammas", "20", "--taus", "1.0", "--iters", "1"])
+    out = capsys.readouterr().out
+    start, wiener, rows = _psnr_lines(out)
+    assert "task demosaic, noise 2.55/255" in out and len(rows) == 1 and start > 20  # the fill of a smooth image
+    op = tune.task_operator("demosaic", 16, None, 2.55)
+    assert torch.equal(op.mask[0].sum(0), torch.ones(16, 16)) and float(op.mask[0, 0, 0, 0]) == 1  # R at (0, 0)
