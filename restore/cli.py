@@ -199,6 +199,13 @@ def make_operator(args: argparse.Namespace, hw: tuple[int, int], sigma: float, h
     return Inpainting(mask, sigma)
 
 
+def check_colour_clean(args: argparse.Namespace, clean: Tensor, name: str = "--clean") -> None:
+    """Demosaicing restores colour: a grey clean image (to mosaic, or as the reference) is refused."""
+    if args.operator == "demosaic" and clean.shape[0] != 3:
+        raise UsageError(f"--operator demosaic restores colour: {name} has {clean.shape[0]} channel(s), give a "
+                         "colour image")
+
+
 def as_observation(args: argparse.Namespace, image: Tensor, name: str = "--input") -> Tensor:
     """An observation file's image [C, H, W] as the operator sees it: with ``--operator demosaic`` a grey raw mosaic
     becomes three equal channels (the Bayer mask keeps one per pixel) and a colour one is taken as it is."""
@@ -504,9 +511,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.input is not None:
         y, in_info = read_image_with_info(args.input, max_pixels=args.max_pixels)
         y, info = as_observation(args, y), info or in_info
-    if args.operator == "demosaic" and clean is not None and clean.shape[0] != 3:
-        raise UsageError(f"--operator demosaic restores colour: --clean has {clean.shape[0]} channel(s), give a "
-                         "colour image")
+    if clean is not None:
+        check_colour_clean(args, clean)
     channels = (clean if clean is not None else y).shape[0]
     if clean is not None and y is None:
         clean = clean_for_scale(args, clean)

@@ -47,9 +47,9 @@ from torch.utils.data import DataLoader, Dataset
 from data.images import DataError, atomic_write_bytes, list_images, read_image_with_info, write_image
 
 from .baselines import adam_joint, tikhonov
-from .cli import (UsageError, as_observation, bayer_planes, clean_for_scale, degrade_clean, from_prior_channels,
-                  make_operator, metrics_of, noise_255, pick_device, read_mask, reference_for, solution_hw,
-                  solver_config, to_prior_channels, validate_flags, validate_solver_flags)
+from .cli import (UsageError, as_observation, bayer_planes, check_colour_clean, clean_for_scale, degrade_clean,
+                  from_prior_channels, make_operator, metrics_of, noise_255, pick_device, read_mask, reference_for,
+                  solution_hw, solver_config, to_prior_channels, validate_flags, validate_solver_flags)
 from .jpmap import JPMAPConfig
 from .operators import Inpainting, sigma_from_255
 from .predict import (TiledJPMAP, build_operator, check_run, file_id, is_rank_zero, masks_per_channel,
@@ -114,9 +114,7 @@ def observe(args: argparse.Namespace, item: Item, image: Tensor | None = None) -
         hw = tuple(clean.shape[-2:]) if clean is not None else solution_hw(args, tuple(image.shape[-2:]))
         operator = make_operator(args, hw, sigma, have_observation=True, mask_file=item.mask)
         return image, None if clean is None else reference_for(args, operator, image, clean), operator
-    if args.operator == "demosaic" and image.shape[0] != 3:
-        raise UsageError(f"--operator demosaic restores colour: {item.read.name} has {image.shape[0]} channel(s); "
-                         "give colour images")
+    check_colour_clean(args, image, item.read.name)
     clean = clean_for_scale(args, image)
     generator = torch.Generator().manual_seed(args.seed + item.index)
     operator = make_operator(args, tuple(clean.shape[-2:]), sigma, have_observation=False, mask_file=item.mask,

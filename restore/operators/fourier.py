@@ -299,9 +299,14 @@ class SuperResolution(_FourierKernel):
 
     def _init_circ(self, y: Tensor) -> Tensor:
         _check_image(y, "observation y")
-        up = F.interpolate(y.to(_work_dtype(y)), scale_factor=self.factor, mode="bicubic", align_corners=False)
-        return up.clamp(0, 1).to(y.dtype)
+        return bicubic_upsample(y, self.factor)
 
     def lambda_min(self, image_size: tuple | None = None) -> float:
         """0 for factor > 1 (decimation is singular), else as for Blur."""
         return super().lambda_min(image_size) if self.factor == 1 else 0.0
+
+
+def bicubic_upsample(y: Tensor, factor: int) -> Tensor:
+    """y [N, C, h, w] up-sampled ``factor`` times (bicubic, clamped to [0, 1]): super-resolution's start."""
+    up = F.interpolate(y.to(_work_dtype(y)), scale_factor=factor, mode="bicubic", align_corners=False)
+    return up.clamp(0, 1).to(y.dtype)

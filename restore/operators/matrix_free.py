@@ -24,12 +24,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..cg import CGResult, conjugate_gradient
 from .base import Gamma, LinearOperator, OperatorError, _check_image, _rho, _work_dtype
+from .fourier import bicubic_upsample
 from .inpainting import Inpainting as _Inpainting
 
 INITS = ("auto", "observation", "adjoint", "least_squares")
@@ -106,9 +108,11 @@ class MatrixFree(LinearOperator):
             return self.exact_prox(z, y, _rho(self.sigma, gamma, z)).to(z.dtype)
         return self.prox_l2_cg(z, y, gamma).solution.to(z.dtype)
 
-    def prox_l2_cg(self, z: Tensor, y: Tensor, gamma: Gamma, x0: Tensor | None = None) -> CGResult:
+    def prox_l2_cg(self, z: Tensor, y: Tensor, gamma: Gamma, x0: Tensor | None = None,
+                   tol: float | None = None) -> CGResult:
         """The x-step by conjugate gradients, with their record (iterations, relative residual); ``x0``: where
-        they start (default z; an iterative solver whose prox points move little passes its previous x)."""
+        they start (default z; an iterative solver whose prox points move little passes its previous x); ``tol``:
+        their relative residual (default ``cg_tol``)."""
         _check_image(z, "prox point z")
         self.check_adjoint(z)
         if x0 is not None and x0.shape != z.shape:
@@ -117,7 +121,8 @@ class MatrixFree(LinearOperator):
         zd, yd = z.to(dt), y.to(dt)
         rho = _rho(self.sigma, gamma, zd)
         return conjugate_gradient(lambda v: self._At(self._A(v)) + rho * v, self._At(yd) + rho * zd,
-                                  zd if x0 is None else x0.to(dt), tol=self.cg_tol, max_iters=self.cg_max_iters)
+                                  zd if x0 is None else x0.to(dt), tol=self.cg_tol if tol is None else tol,
+                                  max_iters=self.cg_max_iters)
 
     def init(self, y: Tensor) -> Tensor:
         rule = self.init_rule
@@ -130,13 +135,9 @@ class MatrixFree(LinearOperator):
             return back
         if rule == "auto" and back.shape == y.shape:
             return y.clone()
+        # argmin ||A x - y||^2 + damping ||x - 1/2||^2: the x-step at z = 1/2 with rho = damping
         grey = torch.full_like(back, 0.5)
-        self.check_adjoint(grey)
-        dt = _work_dtype(back)
-        solved = conjugate_gradient(lambda v: self._At(self._A(v)) + self.init_damping * v,
-                                    back.to(dt) + self.init_damping * grey.to(dt), grey.to(dt), tol=1e-4,
-                                    max_iters=self.cg_max_iters)
-        return solved.solution.to(back.dtype)
+        return self.prox_l2_cg(grey, y, self.sigma / math.sqrt(self.init_damping), tol=1e-4).solution.to(back.dtype)
 
     def x_shape(self, y_shape: tuple) -> tuple:
         raise OperatorError("a MatrixFree operator does not know its image's shape from y's; pass x0 or use "
@@ -145,11 +146,6 @@ class MatrixFree(LinearOperator):
 
 def _shape(v) -> str:
     return str(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__
-
-
-def _bicubic(y: Tensor, factor: int) -> Tensor:
-    up = F.interpolate(y.to(_work_dtype(y)), scale_factor=factor, mode="bicubic", align_corners=False)
-    return up.clamp(0, 1).to(y.dtype)
 
 
 def _deepinv_sigma(physics) -> float:
@@ -196,7 +192,7 @@ def from_deepinv(physics, sigma: float | None = None, prox: str = "auto", **kwar
     if "init" not in kwargs and "Inpainting" in names and isinstance(mask, Tensor):
         kwargs["init"] = _Inpainting(mask.detach().cpu().clamp(0, 1), sigma).init  # harmonic interpolation
     elif "init" not in kwargs and "Downsampling" in names and "Upsampling" not in names:
-        kwargs["init"] = functools.partial(_bicubic, factor=int(physics.factor))
+        kwargs["init"] = functools.partial(bicubic_upsample, factor=int(physics.factor))
     op = MatrixFree(physics.A, physics.A_adjoint, sigma, exact_prox=exact if use_physics else None, **kwargs)
     if isinstance(physics, torch.nn.Module):
         op.physics = physics  # a submodule: op.to(device) moves the physics' buffers (its mask, its filter) too
