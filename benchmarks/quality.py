@@ -616,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", action="store_true")
     p.add_argument("--fig-adam-iters", type=int, default=200, help="Adam iterations in the convergence figure")
     p.add_argument("--fig-dir", type=Path, default=ROOT / "docs")
-    p.add_argument("--out", type=Path, help="CSV (default docs/quality_<dataset>.csv)")
-    p.add_argument("--tables", type=Path, help="markdown tables (default docs/quality_tables.md)")
+    p.add_argument("--out", type=Path, help="CSV (default out/quality_<dataset>.csv: pass docs/... to update the committed one)")
+    p.add_argument("--tables", type=Path, help="markdown tables (default: the CSV's path with .md, so that a run never overwrites another's tables)")
     p.add_argument("--note", default="", help="a line added under the tables (what was reduced and why)")
     p.add_argument("--merge", type=Path, nargs="+", default=[],
                    help="CSVs of earlier runs of other methods on the same images, crop, tasks and --seed (for "
@@ -636,8 +636,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args.prior = args.prior or prior_d
     args.preset = args.preset or (preset_d if preset_d.is_file() else DATASETS["natural"][2])
     args.resize = args.resize or (256 if args.dataset == "faces" else None)
-    args.out = args.out or ROOT / "docs" / f"quality_{args.dataset}.csv"
-    args.tables = args.tables or ROOT / "docs" / "quality_tables.md"
+    args.out = args.out or ROOT / "out" / f"quality_{args.dataset}.csv"
+    args.tables = args.tables or args.out.with_suffix(".md")
     try:
         args.preset_values = read_presets(args.preset)
     except PresetError as err:

@@ -311,7 +311,7 @@ def jpmap_row(arch: HVAEConfig, variant: Variant, height: int, width: int, iters
     except Exception as err:  # noqa: BLE001 - one failing row (OOM, a compiler error) must not end the table
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     finally:
-        del prior
+        prior = None  # drop the model before the next row (the closures above read the name)
         _reset_peak(device)
     return row
 
@@ -382,7 +382,7 @@ def train_row(arch: HVAEConfig, variant: Variant, batch: int, size: int, steps: 
     except Exception as err:  # noqa: BLE001
         row["error"] = "OOM" if _is_oom(err) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     finally:
-        del module
+        module = None  # drop the model before the next row
         _reset_peak(device)
     return row
 
