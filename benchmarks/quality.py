@@ -88,7 +88,7 @@ from data.patches import split_files  # noqa: E402
 from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
-from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
+from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel, prior_operator,  # noqa: E402
                                random_box_mask, random_mask, sigma_from_255)
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -171,13 +171,14 @@ def observation(setting: Setting, clean: Tensor, seed: int, device: torch.device
 
 
 def load_images(folder: Path, limit: int | None, crop: int | None, resize: int | None,
-                start: int = 0) -> list[tuple[int, str, Tensor]]:
-    """(index in the sorted folder, name, image) of images start .. start + limit - 1."""
+                start: int = 0, channels: int = 3) -> list[tuple[int, str, Tensor]]:
+    """(index in the sorted folder, name, image) of images start .. start + limit - 1, in ``channels`` channels
+    (1: grey, degraded and restored as grey images)."""
     files = list_images(folder)
     stop = start + limit if limit else len(files)
     out = []
     for index, f in enumerate(files[start:stop], start=start):
-        x = read_image(f, channels=3)
+        x = read_image(f, channels=channels)
         if resize:  # shorter side to ``resize`` (antialiased), e.g. 1024 px faces to the prior's scale
             h, w = x.shape[-2:]
             r = resize / min(h, w)
@@ -282,13 +283,14 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
         hv = hvae_settings(args, setting)
         common = dict(gamma=hv["gamma"] / 255, tau=hv["tau"], tau_end=hv["tau_end"], return_estimate=hv["return"],
                       precision=args.precision)
+        hv_op = prior_operator(op, y.shape[1], prior.image_channels)  # grey images through a colour prior
         if method == "pnp-hvae":
-            r = jpmap(y, op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), channels_last=args.channels_last,
+            r = jpmap(y, hv_op, prior, JPMAPConfig(max_iters=int(hv["iterations"]), channels_last=args.channels_last,
                                                 compile=args.compile, bf16_state=args.bf16_state,
                                                 fuse_nets=args.fuse_nets, **common))
         else:
-            r = adam_joint(y, op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
-        return r.estimate, r.iterations
+            r = adam_joint(y, hv_op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
+        return r.estimate.mean(1, keepdim=True) if y.shape[1] < r.estimate.shape[1] else r.estimate, r.iterations
     if method == "wiener":
         r = tikhonov(y, op, grad_std=args.wiener_grad_std)
         return r.estimate, r.iterations
@@ -569,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(DATASETS), default="natural")
     p.add_argument("--folder", type=Path, help="test images (default: CBSD68 for natural, CelebAHQ for faces)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3,
+                   help="1: read the images grey and restore them as grey images (Set12; through a colour prior "
+                        "with restore.operators.GreyObservation)")
     p.add_argument("--prior", type=Path, help="prior export (default priors/<natural|faces>.pt)")
     p.add_argument("--preset", type=Path, help="restoration presets (default configs/restore/<dataset>.yaml, "
                                                "falling back to natural.yaml)")
@@ -651,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise SystemExit("error: --start must be >= 0 and --limit >= 1")
     if args.bf16_state and args.precision != "bf16":
         raise SystemExit("error: --bf16-state needs --precision bf16")
-    images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start)
+    images = load_images(Path(args.folder), args.limit, args.crop, args.resize, args.start, args.channels)
     if not images:
         raise SystemExit(f"error: no images in {args.folder} from --start {args.start}; pass a smaller --start")
     if args.boundary == "valid" and not set(args.tasks) <= {"deblur", "sr2", "sr4"}:

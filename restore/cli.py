@@ -27,8 +27,8 @@ from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
 from .operators import (BAYER_PATTERNS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
-                        box_mask, gaussian_kernel, load_kernel, load_mask, masks_per_channel, motion_kernel, random_mask,
-                        sigma_from_255)
+                        box_mask, gaussian_kernel, load_kernel, load_mask, masks_per_channel, motion_kernel, prior_operator,
+                        random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
@@ -271,18 +271,21 @@ def reference_for(args: argparse.Namespace, operator, y: Tensor, clean: Tensor) 
 
 
 def to_prior_channels(x: Tensor, prior_channels: int) -> Tensor:
-    """[B, C, H, W] images -> the prior's batch: colour through a grey prior runs channel by channel
-    ([B * C, 1, H, W]), grey through a colour prior as three equal channels."""
+    """[B, C, H, W] observations -> the prior's batch: colour through a grey prior runs channel by channel
+    ([B * C, 1, H, W]); grey through a colour prior stays grey (its operator:
+    :func:`restore.operators.prior_operator`)."""
     b, c, h, w = x.shape
-    if c == prior_channels:
+    if c == prior_channels or c == 1:
         return x
     if prior_channels == 1:
         return x.reshape(b * c, 1, h, w)
-    return x.expand(b, prior_channels, h, w).contiguous()
+    raise UsageError(f"images of {c} channels cannot be restored with a prior of {prior_channels}; "
+                     "give grey or colour images")
 
 
 def from_prior_channels(x: Tensor, channels: int) -> Tensor:
-    """The prior's batch -> [B, channels, H, W] images (the inverse of :func:`to_prior_channels`)."""
+    """The prior's batch -> [B, channels, H, W] images (the inverse of :func:`to_prior_channels`; a grey image's
+    equal channels averaged)."""
     if x.shape[1] == channels:
         return x
     if x.shape[1] == 1:
@@ -540,11 +543,12 @@ def run(args: argparse.Namespace) -> dict:
             operator = Inpainting(masks_per_channel(operator.mask, channels), sigma)
         operator = operator.to(device)
         y_batch = to_prior_channels(y[None].to(device, torch.float32), prior.image_channels)
+        solve_op = prior_operator(operator, channels, prior.image_channels)
         progress = None if args.no_progress else _progress(args.iterations)
         if args.method == "jpmap":
-            result = jpmap(y_batch, operator, prior, cfg, callback=progress)
+            result = jpmap(y_batch, solve_op, prior, cfg, callback=progress)
         else:
-            result = adam_joint(y_batch, operator, prior, cfg)
+            result = adam_joint(y_batch, solve_op, prior, cfg)
         estimate = from_prior_channels(operator.frame(result.estimate), channels)[0].cpu()
         if not bool(torch.isfinite(estimate).all()):
             raise RuntimeError("the solver produced non-finite values; lower --gamma or raise --tau")

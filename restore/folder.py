@@ -51,7 +51,7 @@ from .cli import (UsageError, as_observation, bayer_planes, check_colour_clean, 
                   from_prior_channels, make_operator, metrics_of, noise_255, pick_device, read_mask, reference_for,
                   solution_hw, solver_config, to_prior_channels, validate_flags, validate_solver_flags)
 from .jpmap import JPMAPConfig
-from .operators import Inpainting, sigma_from_255
+from .operators import Inpainting, prior_operator, sigma_from_255
 from .predict import (TiledJPMAP, build_operator, check_run, file_id, is_rank_zero, masks_per_channel,
                       operator_spec, quiet_lightning)
 from .tiled_cli import WHOLE_IMAGE_MAX_PIXELS, tiled_kwargs
@@ -244,12 +244,13 @@ class FolderJPMAP(TiledJPMAP):
 
     def _prior_operator(self, operator, mask: Tensor | None, sigma: float, channels: int):
         """The batch's operator on the prior's batch (:func:`restore.cli.to_prior_channels`): inpainting's masks
-        follow colour images split into grey ones, channel by channel."""
-        if mask is None:
-            return operator
-        if self.prior.image_channels == 1 and channels > 1:
-            mask = masks_per_channel(mask, channels)
-        return Inpainting(mask, sigma)
+        follow colour images split into grey ones, channel by channel; grey images through a colour prior are
+        :func:`restore.operators.prior_operator`'s."""
+        if mask is not None:
+            if self.prior.image_channels == 1 and channels > 1:
+                mask = masks_per_channel(mask, channels)
+            operator = Inpainting(mask, sigma)
+        return operator
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         items = [self.items[i] for i in batch["items"]]
@@ -259,7 +260,8 @@ class FolderJPMAP(TiledJPMAP):
         spec = {**self.spec, "sigma": sigma}
         operator = build_operator(**spec)
         mask = None if mask is None else mask.float()
-        prior_op = self._prior_operator(operator, mask, sigma, y.shape[1]).to(y.device)
+        plain_op = self._prior_operator(operator, mask, sigma, y.shape[1]).to(y.device)  # Wiener's
+        prior_op = prior_operator(plain_op, y.shape[1], self.prior.image_channels)  # Adam's
         y_prior = to_prior_channels(y, self.prior.image_channels)  # Adam's and Wiener's batch
         start = time.perf_counter()
         if isinstance(config, JPMAPConfig):
@@ -279,8 +281,8 @@ class FolderJPMAP(TiledJPMAP):
             raise RuntimeError(f"{bad.name} restored to non-finite values; lower --gamma or raise --tau")
         wiener = None
         if reference is not None:
-            wiener = tikhonov(y_prior, prior_op, grad_std=0.1).estimate
-            wiener = from_prior_channels(prior_op.frame(wiener), y.shape[1]).cpu()
+            wiener = tikhonov(y_prior, plain_op, grad_std=0.1).estimate
+            wiener = from_prior_channels(plain_op.frame(wiener), y.shape[1]).cpu()
         out = []
         for k, it in enumerate(items):
             record = {"name": it.name, "input": str(it.read), "height": x.shape[-2], "width": x.shape[-1],

@@ -38,7 +38,7 @@ from hvae.export import load_prior
 from .assemble import TileError, assemble, missing_tiles, save_tile, tile_path
 from .jpmap import DivergenceGuard, JPMAPConfig, initial_x, jpmap, network_for
 from .large_io import ImageSource, TensorSource, open_image
-from .operators import Blur, Denoising, Inpainting, SuperResolution, masks_per_channel
+from .operators import Blur, Denoising, Inpainting, SuperResolution, masks_per_channel, prior_operator
 from .tiling import (BLEND_MODES, Box, Segments, TileGrid, WindowOperator, default_halo, is_circular, pad_segment,
                      valid_extent)
 
@@ -213,7 +213,8 @@ class TiledJPMAP(L.LightningModule):
 
     def _solve(self, y: Tensor, mask: Tensor | None, segments: list[Segments] | None = None,
                used: Tensor | None = None) -> Tensor:
-        """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel.
+        """JPMAP on a stack of equal-shaped tiles; colour through a grey prior runs channel by channel, grey through
+        a colour prior as a grey image in its channels (:class:`restore.operators.GreyObservation`).
         ``segments`` (one per tile) makes the z-step see each window as the whole-image run sees those pixels
         (:class:`SegmentedPrior`); without it the prior sees the windows as they are. ``used`` ([n, 4] boxes):
         the part of each window whose residual decides when the tile stops (default: all of it)."""
@@ -229,9 +230,8 @@ class TiledJPMAP(L.LightningModule):
             segments = None if segments is None else [s for s in segments for _ in range(c)]
             used = None if used is None else used.repeat_interleave(c, 0)
             x0 = None if x0 is None else x0.reshape(n * c, 1, h, w)
-        elif c != pc:
-            y = y.expand(n, pc, h, w)
-            x0 = None if x0 is None else x0.expand(n, pc, h, w)
+        elif c != pc:  # grey through a colour prior: y stays grey, x is grey in the prior's channels
+            x0 = None if x0 is None else x0.expand(n, pc, *x0.shape[-2:]).contiguous()
         x = self._jpmap_per_tile(y, mask, segments, x0, used, group=c if c != pc and pc == 1 else 1)
         if c != pc:
             x = x.reshape(n, c, *x.shape[-2:]) if pc == 1 else x.mean(1, keepdim=True)
@@ -280,7 +280,13 @@ class TiledJPMAP(L.LightningModule):
         chunk_cfg = replace(cfg, tol=0.0, divergence_guard=None)
         if not on_grid:
             chunk_cfg = replace(chunk_cfg, compile=False, cuda_graph=False)
-        op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
+        channels = self.prior.image_channels
+
+        def operator_for(mask: Tensor | None):  # the tiles' operator (GreyObservation for grey through colour)
+            op = self.operator if mask is None else Inpainting(mask, self.sigma).to(y.device)
+            return prior_operator(op, y.shape[1], channels)
+
+        op = operator_for(mask)
         x = initial_x(y, op, cfg.init) if x0 is None else x0.clone()
         est = x.clone()
         guard = None if cfg.divergence_guard is None else DivergenceGuard(cfg.divergence_guard, cfg.tol, (x, est))
@@ -297,7 +303,7 @@ class TiledJPMAP(L.LightningModule):
             run = everything if fixed else active  # the tiles computed in this chunk
             idx = run.tolist()
             if mask is not None:
-                op = Inpainting(mask[run], self.sigma).to(y.device)
+                op = operator_for(mask[run])
             prior = net if on_grid else SegmentedPrior(net, [segments[i] for i in idx])
             ya, xa = y[run], x[run]
             if step > 1:
