@@ -23,7 +23,7 @@ from hvae.export import load_prior  # noqa: E402
 from restore.baselines import tikhonov  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
-from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, gaussian_kernel,  # noqa: E402
+from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, gaussian_kernel, prior_operator,  # noqa: E402
                                load_kernel, random_box_mask, random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                         "outputs whose kernel support lies inside it; PSNR on y's frame)")
     p.add_argument("--start", choices=["init", "wiener"], default="init",
                    help="x_0: the operator's init (default) or the Wiener/Tikhonov estimate (grad std 0.1)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3,
+                   help="1: the crops grey, restored as grey images (through a colour prior: GreyObservation)")
     args = p.parse_args(argv)
     if args.boundary == "valid" and args.task not in ("blur", "sr"):
         p.error("--boundary valid is for --task blur or sr")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     s = args.size
     crops = []
     for f in val[: args.crops]:
-        x = read_image(f, channels=3)
+        x = read_image(f, channels=args.channels)
         top, left = (x.shape[1] - s) // 2, (x.shape[2] - s) // 2
         crops.append(x[:, top: top + s, left: left + s])
     clean = torch.stack(crops)
@@ -108,13 +110,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# PSNR of x_0 {start_psnr:.2f}, of Wiener (grad std 0.1) {wiener_psnr:.2f}")
     print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|---|")
+    channels = clean.shape[1]
+
+    def shown(x):  # a grey image through a colour prior comes back in equal channels
+        return x.mean(1, keepdim=True) if x.shape[1] > channels else x
+
     for gamma, tau_text, iters in itertools.product(args.gammas, args.taus, args.iters):
         tau, tau_end = parse_tau(tau_text)
         px = pd = 0.0
         for op, y, x0, _ in problems:
-            r = jpmap(y, op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
-                                                divergence_guard=args.divergence_guard or None), x0=x0)
-            px, pd = px + score(op, r.x) / len(problems), pd + score(op, r.decoded) / len(problems)
+            hv_op = prior_operator(op, channels, prior.image_channels)
+            x0 = x0.expand(-1, prior.image_channels, -1, -1) if x0.shape[1] < prior.image_channels else x0
+            r = jpmap(y, hv_op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
+                                                   divergence_guard=args.divergence_guard or None), x0=x0)
+            px, pd = px + score(op, shown(r.x)) / len(problems), pd + score(op, shown(r.decoded)) / len(problems)
         print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 
 

@@ -64,6 +64,25 @@ def test_quality_main_writes_csv_and_tables(workspace, load_benchmark):
     assert "nan" not in text
 
 
+
+@pytest.mark.skipif(not PRIOR.is_file(), reason="needs the shipped prior priors/natural.pt")
+def test_quality_grey_images_through_the_colour_prior(workspace, load_benchmark, monkeypatch):
+    """--channels 1: the images read grey, degraded grey; PnP-HVAE and Adam restore them through the colour prior
+    as one grey observation (GreyObservation), the other methods on the grey image; every row scored grey."""
+    tmp, images, kernels = workspace
+    q = load_benchmark("quality")
+    seen, jpmap = [], q.jpmap
+    monkeypatch.setattr(q, "jpmap", lambda y, op, *a, **k: seen.append((y.shape[1], type(op).__name__)) or jpmap(
+        y, op, *a, **k))
+    rows = q.main(["--folder", str(images), "--kernels", str(kernels), "--prior", str(PRIOR), "--tasks", "deblur",
+                   "--deblur-kernels", "9", "--deblur-noises", "7.65", "--methods", "pnp-hvae", "adam", "wiener",
+                   "--channels", "1", "--iters", "2", "--adam-iters", "2", "--device", "cpu", "--threads", "1",
+                   "--out", str(tmp / "g.csv"), "--tables", str(tmp / "g.md")])
+    assert len(rows) == 2 * 3 and seen == [(1, "GreyObservation")] * 2
+    for r in rows:
+        assert 5 < float(r["psnr"]) < 80, r
+
+
 def test_valid_boundary_scores_every_method_on_the_observations_frame(workspace, tiny_model, load_benchmark, monkeypatch):
     tmp, images, kernels = workspace
     q = load_benchmark("quality")

@@ -8,7 +8,7 @@ import torch
 
 from data.images import write_image
 from hvae.export import export_prior
-from restore.operators import gaussian_kernel
+from restore.operators import GreyObservation, gaussian_kernel
 
 
 def _psnr_lines(text: str) -> tuple[float, float, list[tuple[float, float]]]:
@@ -76,3 +76,23 @@ def test_tune_demosaic_task(tmp_path, tiny_model, load_benchmark, capsys):
     assert "task demosaic, noise 2.55/255" in out and len(rows) == 1 and start > 20  # the fill of a smooth image
     op = tune.task_operator("demosaic", 16, None, 2.55)
     assert torch.equal(op.mask[0].sum(0), torch.ones(16, 16)) and float(op.mask[0, 0, 0, 0]) == 1  # R at (0, 0)
+
+
+def test_tune_grey_crops_through_a_colour_prior(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
+    """--channels 1: grey crops, restored as one grey observation each (GreyObservation), scored grey."""
+    g = torch.Generator().manual_seed(3)
+    folder = tmp_path / "train"
+    for i in range(60):
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
+        write_image(folder / f"im{i:02d}.png", x[0])
+    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    tune = load_benchmark("tune")
+    calls, jpmap = [], tune.jpmap
+    monkeypatch.setattr(tune, "jpmap", lambda y, op, prior, config, x0: calls.append((y, op, x0)) or jpmap(
+        y, op, prior, config, x0=x0))
+    tune.main(["--task", "inpaint", "--channels", "1", "--folder", str(folder), "--prior", str(prior), "--crops", "2",
+               "--size", "16", "--gammas", "20", "--taus", "1.0", "--iters", "2"])
+    rows = _psnr_lines(capsys.readouterr().out)[2]
+    assert len(rows) == 1 and all(np.isfinite(rows[0]))
+    (y, op, x0), = calls
+    assert isinstance(op, GreyObservation) and y.shape[1] == 1 and x0.shape[1] == 3
