@@ -73,7 +73,7 @@ def test_malformed_presets_are_refused_with_one_line(tmp_path, text, says):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["natural.yaml", "faces.yaml"])
+@pytest.mark.parametrize("name", ["natural.yaml", "natural_grey.yaml", "faces.yaml"])
 def test_shipped_presets_are_valid_and_cover_every_operator(name):
     presets = read_presets(ROOT / "configs" / "restore" / name)
     for operator in ("blur", "denoise", "sr", "inpaint"):
@@ -96,3 +96,14 @@ def test_restore_cli_uses_the_sr_entry_of_its_scale():
         expected = preset_for(presets, "sr", 2.55, scale)
         assert (args.gamma, args.tau, args.return_estimate) == (expected["gamma"], expected["tau"], expected["return"])
     assert preset_for(presets, "sr", 2.55, 2) != preset_for(presets, "sr", 2.55, 4)
+
+
+def test_grey_preset_differs_from_the_colour_one_only_where_it_was_retuned():
+    """configs/restore/natural_grey.yaml: natural.yaml with the blur entries at 7.65 and 12.75 re-tuned on grey
+    validation crops; every other setting the colour one (so a re-tuned colour preset must be copied over)."""
+    colour = read_presets(ROOT / "configs" / "restore" / "natural.yaml")
+    grey = read_presets(ROOT / "configs" / "restore" / "natural_grey.yaml")
+    assert {k: v for k, v in colour.items() if k != "blur"} == {k: v for k, v in grey.items() if k != "blur"}
+    assert preset_for(grey, "blur", 2.55) == preset_for(colour, "blur", 2.55)
+    for noise in (7.65, 12.75):
+        assert preset_for(grey, "blur", noise) != preset_for(colour, "blur", noise)
