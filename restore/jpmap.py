@@ -168,8 +168,9 @@ class DivergenceGuard:
 
 
 def initial_x(y: Tensor, operator, how: str) -> Tensor:
-    if how == "observation":
-        return y.clone()
+    if how == "observation":  # a grey observation through a colour prior: y in each of the prior's channels
+        from .operators import GreyObservation
+        return operator.spread(y) if isinstance(operator, GreyObservation) else y.clone()
     if how == "adjoint":
         return operator.A_adjoint(y)
     return operator.init(y)

@@ -36,22 +36,23 @@ class GreyObservation(LinearOperator):
             raise OperatorError(f"GreyObservation expects images [N, {self.channels}, H, W], got {tuple(x.shape)}")
         return x.mean(1, keepdim=True)
 
-    def _spread(self, u: Tensor) -> Tensor:  # [N, 1, H, W] -> [N, C, H, W], equal channels
+    def spread(self, u: Tensor) -> Tensor:
+        """A grey image [N, 1, H, W] in the C channels [N, C, H, W] (a copy)."""
         return u.expand(-1, self.channels, -1, -1).contiguous()
 
     def A(self, x: Tensor) -> Tensor:
         return self.inner.A(self._grey(x))
 
     def A_adjoint(self, y: Tensor) -> Tensor:
-        return self._spread(self.inner.A_adjoint(y)) / self.channels
+        return self.spread(self.inner.A_adjoint(y)) / self.channels
 
     def prox_l2(self, z: Tensor, y: Tensor, gamma: Gamma) -> Tensor:
         if y.ndim != 4 or y.shape[1] != 1:
             raise OperatorError(f"GreyObservation's observation y must be grey [N, 1, H, W], got {tuple(y.shape)}")
-        return self._spread(self.inner.prox_l2(self._grey(z), y, gamma / math.sqrt(self.channels)))
+        return self.spread(self.inner.prox_l2(self._grey(z), y, gamma / math.sqrt(self.channels)))
 
     def init(self, y: Tensor, *args, **kwargs) -> Tensor:
-        return self._spread(self.inner.init(y, *args, **kwargs))
+        return self.spread(self.inner.init(y, *args, **kwargs))
 
     def x_shape(self, y_shape: tuple) -> tuple:
         n, _, h, w = self.inner.x_shape(tuple(y_shape))

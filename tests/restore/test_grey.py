@@ -92,3 +92,16 @@ def test_grey_photograph_through_the_colour_prior_beats_wiener(tmp_path, index):
           "--prior", str(ROOT / "priors" / "natural.pt"), "--out", str(out), "--no-progress"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["psnr"] > metrics["tikhonov"]["psnr"] + 1.0, metrics
+
+
+def test_every_start_of_jpmap_is_grey_in_the_prior_channels(tiny_model):
+    """JPMAPConfig.init "auto", "observation" and "adjoint" all start from x [N, 3, H, W] with equal channels."""
+    from restore.jpmap import JPMAPConfig, initial_x, jpmap
+
+    op = GreyObservation(Blur(torch.ones(3, 3), 0.05))
+    y = torch.rand(2, 1, 16, 16, generator=_gen(0))
+    for how in ("auto", "observation", "adjoint"):
+        x = initial_x(y, op, how)
+        assert x.shape == (2, 3, 16, 16) and torch.equal(x[:, 1:], x[:, :1].expand(-1, 2, -1, -1)), how
+        result = jpmap(y, op, tiny_model, JPMAPConfig(max_iters=2, init=how))
+        assert result.estimate.shape == (2, 3, 16, 16) and torch.isfinite(result.estimate).all()
