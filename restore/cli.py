@@ -27,8 +27,8 @@ from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
 from .operators import (BAYER_PATTERNS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
-                        box_mask, gaussian_kernel, load_kernel, load_mask, masks_per_channel, motion_kernel, prior_operator,
-                        random_mask, sigma_from_255)
+                        box_mask, equal_channels, gaussian_kernel, load_kernel, load_mask, masks_per_channel,
+                        motion_kernel, prior_operator, random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
@@ -208,8 +208,11 @@ def check_colour_clean(args: argparse.Namespace, clean: Tensor, name: str = "--c
 
 def as_observation(args: argparse.Namespace, image: Tensor, name: str = "--input") -> Tensor:
     """An observation file's image [C, H, W] as the operator sees it: with ``--operator demosaic`` a grey raw mosaic
-    becomes three equal channels (the Bayer mask keeps one per pixel) and a colour one is taken as it is."""
-    if args.operator != "demosaic" or image.shape[0] == 3:
+    becomes three equal channels (the Bayer mask keeps one per pixel) and a colour one is taken as it is; otherwise
+    a grey image stored in equal colour channels is the grey image it is (its one noise, not three; restored grey)."""
+    if args.operator != "demosaic":
+        return image[:1] if equal_channels(image) else image
+    if image.shape[0] == 3:
         return image
     if image.shape[0] != 1:
         raise UsageError(f"{name} has {image.shape[0]} channels; --operator demosaic takes a grey raw mosaic or a "
@@ -258,6 +261,8 @@ def degrade_clean(operator, clean: Tensor, generator: torch.Generator) -> tuple[
 def reference_for(args: argparse.Namespace, operator, y: Tensor, clean: Tensor) -> Tensor:
     """What the restoration of the observation ``y`` is compared with, given ``--clean`` as its reference: the
     scene (framed by a valid operator) or, with ``--boundary valid``, the frame itself; refused if neither fits."""
+    if y.shape[0] == 1 and equal_channels(clean):  # a grey reference stored in colour, as the observation may be
+        clean = clean[:1]
     if y.shape[0] != clean.shape[0]:
         raise UsageError("--input and --clean have different numbers of channels")
     x_hw = tuple(operator.x_shape(tuple(y[None].shape)))[-2:]
@@ -516,7 +521,7 @@ def run(args: argparse.Namespace) -> dict:
         y, info = as_observation(args, y), info or in_info
     if clean is not None:
         check_colour_clean(args, clean)
-    channels = (clean if clean is not None else y).shape[0]
+    channels = (y if y is not None else clean).shape[0]  # a grey observation stored in colour is grey
     if clean is not None and y is None:
         clean = clean_for_scale(args, clean)
     hw = tuple(clean.shape[-2:]) if clean is not None else solution_hw(args, tuple(y.shape[-2:]))

@@ -67,9 +67,9 @@ NOT_SETTINGS = ("out", "no_progress", "devices", "accelerator", "strategy", "num
 class Item:
     """One image of the folder: ``index`` in the sorted folder (its degradation's seed is ``--seed`` + index),
     ``name`` (its path under the folder without suffix), the file ``read`` (``--input``'s, or ``--clean``'s when
-    degrading it), its ``clean`` reference and ``mask`` files if any, the read image's [C, H, W] ``shape`` and
-    ``bit_depth``, its mask's channels (0 without one), its noise std on the 0-255 scale, and whether it is
-    restored tile by tile."""
+    degrading it), its ``clean`` reference and ``mask`` files if any, the read image's [C, H, W] ``shape`` (for
+    ``--input`` the observation's: a grey image stored in colour has C = 1) and ``bit_depth``, its mask's channels
+    (0 without one), its noise std on the 0-255 scale, and whether it is restored tile by tile."""
 
     index: int
     name: str
@@ -153,8 +153,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Item], dict[float, object], dic
                              "tiled restoration runs JPMAP only; drop --method adam (or the image)")
         noise = args.noise_std if args.noise_std != "auto" else _estimate(args, image, mask, path)
         item = Item(index, name, path, references.get(name), mask, tuple(image.shape), bit_depth, 0, noise, tiled)
-        operator = observe(args, item, image)[2]  # every refusal now, before anything is written
-        items.append(replace(item, mask_channels=operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0))
+        y, _, operator = observe(args, item, image)  # every refusal now, before anything is written
+        shape = tuple(y.shape) if args.input is not None else item.shape  # batched by the observation's channels
+        items.append(replace(item, shape=shape,
+                             mask_channels=operator.mask.shape[-3] if isinstance(operator, Inpainting) else 0))
     configs = {}
     for noise in sorted({it.noise for it in items}):
         one = argparse.Namespace(**vars(args))

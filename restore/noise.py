@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .operators.grey import equal_channels
+
 MIN_PATCHES_PER_DIM = 4  # at least this many patches per patch dimension (C * patch^2), else refuse
 
 
@@ -89,6 +91,8 @@ def estimate_noise_std(y: Tensor, mask: Tensor | None = None, patch: int = 8, po
     groups = [(y, mask)] if pooled else [(y[i:i + 1], None if mask is None else mask[i:i + 1]) for i in range(y.shape[0])]
     stds = []
     for images, m in groups:
+        if equal_channels(images):  # a grey image stored in C equal channels: its C copies of one noise would
+            images = images[:, :1]  # make C - 1 of every C eigenvalues 0 (an estimate of 0)
         cov = _patch_covariance(images, m, patch, max_patches)
         stds.append(_noise_variance(torch.linalg.eigvalsh(cov)).sqrt())
     return torch.stack(stds).to(y.dtype)

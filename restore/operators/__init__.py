@@ -6,14 +6,14 @@ Images are NCHW float tensors in [0, 1]. Each operator is a stateless ``nn.Modul
 """
 from .base import Denoising, Gamma, LinearOperator, OperatorError, sigma_from_255
 from .fourier import Blur, SuperResolution, bicubic_upsample
-from .grey import GreyObservation, prior_operator
+from .grey import GreyObservation, equal_channels, prior_operator
 from .inpainting import (BAYER_PATTERNS, Inpainting, bayer_mask, box_mask, load_mask, masks_per_channel, random_box_mask,
                          random_mask)
 from .kernels import gaussian_kernel, load_kernel, motion_kernel, validate_kernel
 from .matrix_free import MatrixFree, from_deepinv
 
 __all__ = ["BAYER_PATTERNS", "Blur", "Denoising", "Gamma", "GreyObservation", "Inpainting", "LinearOperator", "MatrixFree", "OPERATORS",
-           "OperatorError", "SuperResolution", "bayer_mask", "bicubic_upsample", "box_mask", "from_deepinv", "gaussian_kernel", "load_kernel",
+           "OperatorError", "SuperResolution", "bayer_mask", "bicubic_upsample", "box_mask", "equal_channels", "from_deepinv", "gaussian_kernel", "load_kernel",
            "load_mask", "masks_per_channel", "motion_kernel", "prior_operator", "random_box_mask", "random_mask", "sigma_from_255", "validate_kernel"]
 
 OPERATORS: dict[str, type[LinearOperator]] = {

@@ -66,6 +66,11 @@ class GreyObservation(LinearOperator):
         return getattr(self.inner, "wraps", not getattr(self.inner, "valid", False))
 
 
+def equal_channels(x: Tensor) -> bool:
+    """Whether the image(s) ``x`` [..., C, H, W] have C > 1 exactly equal channels: a grey image stored in colour."""
+    return x.shape[-3] > 1 and bool((x == x[..., :1, :, :]).all())
+
+
 def prior_operator(operator, channels: int, prior_channels: int):
     """The operator the solver works with on the prior's batch: a grey image (``channels`` 1) through a colour
     prior is restored as a grey image shown in the prior's channels (:class:`GreyObservation`: its one noise
@@ -75,4 +80,4 @@ def prior_operator(operator, channels: int, prior_channels: int):
     return operator
 
 
-__all__ = ["GreyObservation", "prior_operator"]
+__all__ = ["GreyObservation", "equal_channels", "prior_operator"]

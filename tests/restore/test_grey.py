@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from data.images import builtin_images, write_image
 from restore.operators import (Blur, Denoising, GreyObservation, Inpainting, OperatorError, SuperResolution,
-                               prior_operator, random_mask)
+                               motion_kernel, prior_operator, random_mask)
 
 DT = torch.float64
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,3 +106,57 @@ def test_every_start_of_jpmap_is_grey_in_the_prior_channels(tiny_model):
         assert x.shape == (2, 3, 16, 16) and torch.equal(x[:, 1:], x[:, :1].expand(-1, 2, -1, -1)), how
         result = jpmap(y, op, tiny_model, JPMAPConfig(max_iters=2, init=how))
         assert result.estimate.shape == (2, 3, 16, 16) and torch.isfinite(result.estimate).all()
+
+
+def _grey_observation(index: int = 6, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, y): a grey crop of a scikit-image photograph and its motion-blurred noisy observation (8-bit)."""
+    image = builtin_images(1)[index]
+    h, w = image.shape[-2:]
+    clean = image[:, h // 2 - size // 2:h // 2 + size // 2, w // 2 - size // 2:w // 2 + size // 2]
+    op = Blur(motion_kernel(9, 7, 0), 7.65 / 255, padding="valid")
+    y = op.degrade(clean[None].double(), torch.Generator().manual_seed(0))[0].float()
+    return op.frame(clean[None])[0], (y.clamp(0, 1) * 255).round() / 255
+
+
+def test_noise_of_a_grey_image_stored_in_colour():
+    """Three equal channels carry one noise: the estimate is the grey image's (it was 0: the copies made two of
+    every three patch-covariance eigenvalues vanish)."""
+    from restore.noise import estimate_noise_std
+
+    _, y = _grey_observation(size=96)
+    grey = estimate_noise_std(y[None])
+    assert 6.5 < float(grey) * 255 < 9
+    assert torch.equal(estimate_noise_std(y[None].expand(1, 3, -1, -1)), grey)
+
+
+def test_a_grey_photograph_stored_in_colour_is_restored_as_the_grey_one(tmp_path):
+    """restore.py --input an RGB file whose channels are equal (a grey photograph saved in colour, its noise the
+    same in each channel): the same noise estimate, restoration and PSNR as the grey file, written grey; its
+    reference may be stored in colour too. A folder holding it next to a colour image of the same size restores
+    it as alone."""
+    from data.images import read_image
+    from restore.cli import main
+
+    clean, y = _grey_observation()
+    write_image(tmp_path / "grey.png", y)
+    write_image(tmp_path / "rgb" / "rgb.png", y.expand(3, -1, -1))
+    write_image(tmp_path / "clean_rgb.png", clean.expand(3, -1, -1))
+    write_image(tmp_path / "clean.png", clean)
+    np.save(tmp_path / "k.npy", motion_kernel(9, 7, 0).numpy())
+    common = ["--operator", "blur", "--kernel", str(tmp_path / "k.npy"), "--noise-std", "auto", "--iterations", "5",
+              "--no-progress"]
+    metrics = {}
+    for name, observed, reference in (("grey", tmp_path / "grey.png", tmp_path / "clean.png"),
+                                      ("rgb", tmp_path / "rgb" / "rgb.png", tmp_path / "clean_rgb.png")):
+        assert main(["--input", str(observed), "--clean", str(reference), *common, "--out", str(tmp_path / name)]) == 0
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["rgb"]["settings"]["noise_std"] == metrics["grey"]["settings"]["noise_std"]
+    assert 6 < metrics["grey"]["settings"]["noise_std"] < 9 and metrics["rgb"]["psnr"] == metrics["grey"]["psnr"]
+    restored = read_image(tmp_path / "rgb" / "restored.png")
+    assert restored.shape[0] == 1 and torch.equal(restored, read_image(tmp_path / "grey" / "restored.png"))
+    colour = builtin_images(3)[2][:, :y.shape[-2], :y.shape[-1]]  # a colour observation of the same size
+    write_image(tmp_path / "rgb" / "colour.png", colour)
+    assert main(["--input", str(tmp_path / "rgb"), *common, "--images-per-batch", "2",
+                 "--out", str(tmp_path / "folder")]) == 0
+    assert torch.equal(read_image(tmp_path / "folder" / "restored" / "rgb.png"), restored)
+    assert read_image(tmp_path / "folder" / "restored" / "colour.png").shape[0] == 3
