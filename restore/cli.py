@@ -474,15 +474,19 @@ def _settings(args: argparse.Namespace, cfg) -> dict:
 
 def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int, int], bit_depth: int) -> dict:
     """A large observation file restored tile by tile, read box by box (never whole in memory)."""
+    from .large_io import grey_if_equal, open_image
     from .predict import is_rank_zero, restore_tiled
     if args.method != "jpmap":
         raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
     channels, h, w = source_shape
+    source = open_image(args.input, args.max_pixels)
+    if args.operator != "demosaic":  # a grey image stored in colour is restored (and written) grey, as a small one
+        source = grey_if_equal(source)
     hw = solution_hw(args, (h, w))
     operator = make_operator(args, hw, sigma_from_255(args.noise_std), have_observation=True)
     suffix = ".png" if hw[0] * hw[1] <= 64 * 2**20 else ".tif"
     start = time.perf_counter()
-    out_path = restore_tiled(args.input, operator, args.prior, cfg, args.out / f"restored{suffix}",
+    out_path = restore_tiled(source, operator, args.prior, cfg, args.out / f"restored{suffix}",
                              bit_depth=bit_depth, **tiled_kwargs(args, operator))
     metrics = {"output": str(out_path), "tiled": True, "iterations": cfg.max_iters,
                "seconds": time.perf_counter() - start, **_settings(args, cfg)}

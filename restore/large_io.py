@@ -64,6 +64,34 @@ class TensorSource(ImageSource):
         return f"tensor:{a.dtype}:{a.shape}:{hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()}"
 
 
+class GreyOfColour(ImageSource):
+    """A grey image stored in equal colour channels, read as its one grey channel (:func:`grey_if_equal`)."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source, self.bit_depth = source, source.bit_depth
+        self.shape = (1, *source.shape[1:])
+
+    def read(self, box: Box) -> Tensor:
+        return self.source.read(box)[:1]
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint() + ":grey"
+
+
+def grey_if_equal(source: ImageSource, side: int = 1024) -> ImageSource:
+    """``source`` as :class:`GreyOfColour` when all its channels are equal (read box by box, ``side`` pixels a side,
+    up to the first box that differs), else ``source`` itself."""
+    c, h, w = source.shape
+    if c == 1:
+        return source
+    for top in range(0, h, side):
+        for left in range(0, w, side):
+            x = source.read(Box(top, min(top + side, h), left, min(left + side, w)))
+            if not bool((x == x[:1]).all()):
+                return source
+    return GreyOfColour(source)
+
+
 class ArraySource(ImageSource):
     """A ``.npy`` or TIFF file, memory-mapped read-only when possible (else its native array, not floats).
 

@@ -160,3 +160,20 @@ def test_a_grey_photograph_stored_in_colour_is_restored_as_the_grey_one(tmp_path
                  "--out", str(tmp_path / "folder")]) == 0
     assert torch.equal(read_image(tmp_path / "folder" / "restored" / "rgb.png"), restored)
     assert read_image(tmp_path / "folder" / "restored" / "colour.png").shape[0] == 3
+
+
+def test_a_large_grey_photograph_stored_in_colour_streamed_tile_by_tile(tmp_path):
+    """restore.py --input FILE --tile: the file read box by box (large_io.grey_if_equal) is restored as the grey
+    one, tile for tile, and written grey."""
+    from data.images import read_image
+    from restore.cli import main
+
+    _, y = _grey_observation()
+    write_image(tmp_path / "grey.png", y)
+    write_image(tmp_path / "rgb.png", y.expand(3, -1, -1))
+    common = ["--operator", "blur", "--motion-length", "7", "--noise-std", "7.65", "--iterations", "3", "--tile", "32",
+              "--no-progress"]
+    for name in ("grey", "rgb"):
+        assert main(["--input", str(tmp_path / f"{name}.png"), *common, "--out", str(tmp_path / name)]) == 0
+    restored = read_image(tmp_path / "rgb" / "restored.png")
+    assert restored.shape[0] == 1 and torch.equal(restored, read_image(tmp_path / "grey" / "restored.png"))
