@@ -86,6 +86,7 @@ sys.path.insert(0, str(ROOT))
 from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation  # noqa: E402
+from restore.cli import from_prior_channels  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel, prior_operator,  # noqa: E402
@@ -290,7 +291,7 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
                                                 fuse_nets=args.fuse_nets, **common))
         else:
             r = adam_joint(y, hv_op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
-        return r.estimate.mean(1, keepdim=True) if y.shape[1] < r.estimate.shape[1] else r.estimate, r.iterations
+        return from_prior_channels(r.estimate, y.shape[1]), r.iterations
     if method == "wiener":
         r = tikhonov(y, op, grad_std=args.wiener_grad_std)
         return r.estimate, r.iterations

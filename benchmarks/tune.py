@@ -21,6 +21,7 @@ from data.images import list_images, read_image  # noqa: E402
 from data.patches import split_files  # noqa: E402
 from hvae.export import load_prior  # noqa: E402
 from restore.baselines import tikhonov  # noqa: E402
+from restore.cli import from_prior_channels  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
 from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, gaussian_kernel, prior_operator,  # noqa: E402
@@ -111,19 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     print("| gamma/255 | tau | iterations | PSNR x_K | PSNR G(z_K) |")
     print("|---|---|---|---|---|")
     channels = clean.shape[1]
-
-    def shown(x):  # a grey image through a colour prior comes back in equal channels
-        return x.mean(1, keepdim=True) if x.shape[1] > channels else x
-
     for gamma, tau_text, iters in itertools.product(args.gammas, args.taus, args.iters):
         tau, tau_end = parse_tau(tau_text)
         px = pd = 0.0
         for op, y, x0, _ in problems:
             hv_op = prior_operator(op, channels, prior.image_channels)
-            x0 = x0.expand(-1, prior.image_channels, -1, -1) if x0.shape[1] < prior.image_channels else x0
+            x0 = hv_op.spread(x0) if hv_op is not op else x0  # a grey start in the colour prior's channels
             r = jpmap(y, hv_op, prior, JPMAPConfig(gamma=gamma / 255, tau=tau, tau_end=tau_end, max_iters=iters,
                                                    divergence_guard=args.divergence_guard or None), x0=x0)
-            px, pd = px + score(op, shown(r.x)) / len(problems), pd + score(op, shown(r.decoded)) / len(problems)
+            x, decoded = from_prior_channels(r.x, channels), from_prior_channels(r.decoded, channels)  # grey again
+            px, pd = px + score(op, x) / len(problems), pd + score(op, decoded) / len(problems)
         print(f"| {gamma:g} | {tau_text} | {iters} | {px:.2f} | {pd:.2f} |", flush=True)
 
 

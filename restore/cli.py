@@ -472,16 +472,15 @@ def _settings(args: argparse.Namespace, cfg) -> dict:
             "solver": asdict(cfg)}
 
 
-def run_tiled_input(args: argparse.Namespace, cfg, source_shape: tuple[int, int, int], bit_depth: int) -> dict:
-    """A large observation file restored tile by tile, read box by box (never whole in memory)."""
-    from .large_io import grey_if_equal, open_image
+def run_tiled_input(args: argparse.Namespace, cfg, source) -> dict:
+    """A large observation file (``source``, a :class:`restore.large_io.ImageSource`) restored tile by tile, read
+    box by box (never whole in memory)."""
+    from .large_io import grey_if_equal
     from .predict import is_rank_zero, restore_tiled
     if args.method != "jpmap":
         raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
-    channels, h, w = source_shape
-    source = open_image(args.input, args.max_pixels)
-    if args.operator != "demosaic":  # a grey image stored in colour is restored (and written) grey, as a small one
-        source = grey_if_equal(source)
+    bit_depth, (_, h, w) = source.bit_depth, source.shape
+    source = grey_if_equal(source)  # a grey image stored in colour is restored (and written) grey, as a small one
     hw = solution_hw(args, (h, w))
     operator = make_operator(args, hw, sigma_from_255(args.noise_std), have_observation=True)
     suffix = ".png" if hw[0] * hw[1] <= 64 * 2**20 else ".tif"
@@ -516,7 +515,7 @@ def run(args: argparse.Namespace) -> dict:
         source = open_image(args.input, args.max_pixels)
         c, h, w = source.shape
         if use_tiles(args, *solution_hw(args, (h, w))):
-            return run_tiled_input(args, cfg, source.shape, source.bit_depth)
+            return run_tiled_input(args, cfg, source)
     clean = info = y = None
     if args.clean is not None:
         clean, info = read_image_with_info(args.clean, max_pixels=args.max_pixels)

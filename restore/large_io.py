@@ -19,6 +19,7 @@ from torch import Tensor
 from data.images import DEFAULT_MAX_PIXELS, DataError, read_image_with_info
 
 from .assemble import release
+from .operators.grey import equal_channels
 from .tiling import Box, cut, wrap_segments
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}
@@ -86,8 +87,7 @@ def grey_if_equal(source: ImageSource, side: int = 1024) -> ImageSource:
         return source
     for top in range(0, h, side):
         for left in range(0, w, side):
-            x = source.read(Box(top, min(top + side, h), left, min(left + side, w)))
-            if not bool((x == x[:1]).all()):
+            if not equal_channels(source.read(Box(top, min(top + side, h), left, min(left + side, w)))):
                 return source
     return GreyOfColour(source)
 
