@@ -17,13 +17,18 @@ def _psnr_lines(text: str) -> tuple[float, float, list[tuple[float, float]]]:
     return start, wiener, rows
 
 
-def test_tune_grid_and_start(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
-    g = torch.Generator().manual_seed(0)
+def _training_folder(tmp_path, tiny_model, seed: int):
+    """(folder, prior): 60 smooth 24x24 images (the 5% hash split keeps a few for validation) and the tiny prior."""
+    g = torch.Generator().manual_seed(seed)
     folder = tmp_path / "train"
-    for i in range(60):  # the 5% hash split keeps a few for validation
+    for i in range(60):
         x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
         write_image(folder / f"im{i:02d}.png", x[0])
-    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    return folder, export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+
+
+def test_tune_grid_and_start(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
+    folder, prior = _training_folder(tmp_path, tiny_model, 0)
     tune = load_benchmark("tune")
     common = ["--task", "inpaint", "--folder", str(folder), "--prior", str(prior), "--crops", "2", "--size", "16",
               "--gammas", "10", "20", "--taus", "1.0", "--iters", "1", "2"]
@@ -41,14 +46,10 @@ def test_tune_grid_and_start(tmp_path, tiny_model, load_benchmark, capsys, monke
 
 
 def test_tune_valid_boundary_scores_the_frame(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
-    g = torch.Generator().manual_seed(1)
-    folder, kernels = tmp_path / "train", tmp_path / "kernels"
-    for i in range(60):
-        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
-        write_image(folder / f"im{i:02d}.png", x[0])
+    folder, prior = _training_folder(tmp_path, tiny_model, 1)
+    kernels = tmp_path / "kernels"
     kernels.mkdir()
     np.save(kernels / "1.npy", gaussian_kernel(1.0, 5).numpy())
-    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
     tune = load_benchmark("tune")
     seen, psnr = [], tune.psnr
     monkeypatch.setattr(tune, "psnr", lambda x, ref: seen.append(tuple(x.shape[-2:])) or psnr(x, ref))
@@ -62,12 +63,7 @@ def test_tune_valid_boundary_scores_the_frame(tmp_path, tiny_model, load_benchma
 
 def test_tune_demosaic_task(tmp_path, tiny_model, load_benchmark, capsys):
     """--task demosaic: restore.py's operator (an RGGB Bayer mask), started from the harmonic fill of each channel."""
-    g = torch.Generator().manual_seed(2)
-    folder = tmp_path / "train"
-    for i in range(60):
-        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
-        write_image(folder / f"im{i:02d}.png", x[0])
-    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    folder, prior = _training_folder(tmp_path, tiny_model, 2)
     tune = load_benchmark("tune")
     tune.main(["--task", "demosaic", "--folder", str(folder), "--prior", str(prior), "--crops", "2", "--size", "16",
                "--gammas", "20", "--taus", "1.0", "--iters", "1"])
@@ -80,12 +76,7 @@ def test_tune_demosaic_task(tmp_path, tiny_model, load_benchmark, capsys):
 
 def test_tune_grey_crops_through_a_colour_prior(tmp_path, tiny_model, load_benchmark, capsys, monkeypatch):
     """--channels 1: grey crops, restored as one grey observation each (GreyObservation), scored grey."""
-    g = torch.Generator().manual_seed(3)
-    folder = tmp_path / "train"
-    for i in range(60):
-        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(24, 24), mode="bilinear")
-        write_image(folder / f"im{i:02d}.png", x[0])
-    prior = export_prior(tiny_model, tmp_path / "prior.pt", half=False)
+    folder, prior = _training_folder(tmp_path, tiny_model, 3)
     tune = load_benchmark("tune")
     calls, jpmap = [], tune.jpmap
     monkeypatch.setattr(tune, "jpmap", lambda y, op, prior, config, x0: calls.append((y, op, x0)) or jpmap(
