@@ -480,7 +480,8 @@ def run_tiled_input(args: argparse.Namespace, cfg, source) -> dict:
     if args.method != "jpmap":
         raise UsageError("tiled restoration runs JPMAP only; drop --method adam or --tile")
     bit_depth, (_, h, w) = source.bit_depth, source.shape
-    source = grey_if_equal(source)  # a grey image stored in colour is restored (and written) grey, as a small one
+    if args.operator != "demosaic":  # a grey image stored in colour is restored (and written) grey, as a small one
+        source = grey_if_equal(source)
     hw = solution_hw(args, (h, w))
     operator = make_operator(args, hw, sigma_from_255(args.noise_std), have_observation=True)
     suffix = ".png" if hw[0] * hw[1] <= 64 * 2**20 else ".tif"
