@@ -40,7 +40,7 @@ from hvae.config import HVAEConfig  # noqa: E402
 from hvae.export import export_prior, unreadable_checkpoint  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
-from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
+from restore.operators import (Blur, Inpainting, SuperResolution, load_kernel, sr_kernel,  # noqa: E402
                                random_mask, sigma_from_255)
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
 
@@ -96,7 +96,7 @@ def restoration_problems(clean: Tensor, tasks: list[str], kernels: Path, presets
             op = Blur(load_kernel(kernels / "9.npy"), sigma)
         elif task == "sr":
             factor = SR_FACTOR[kind]
-            op = SuperResolution(gaussian_kernel(0.5 * factor), factor, sigma)
+            op = SuperResolution(sr_kernel(factor), factor, sigma)  # restore.py's default (bicubic)
         else:
             op = Inpainting(random_mask(h, w, 0.5, generator=gen), sigma)
         v = preset_for(presets, task, noise255, SR_FACTOR[kind] if task == "sr" else None)

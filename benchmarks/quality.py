@@ -20,8 +20,10 @@ Tasks (``--tasks``):
   deblur          the published PnP-HVAE natural-image protocol: kernels 4, 7, 9, 11 of ``--kernels`` (25x25)
                   at noise 2.55, 7.65, 12.75 on the 0-255 scale (12 settings; ``--deblur-kernels`` and
                   ``--deblur-noises`` select a subset)
-  sr2, sr4        blur by a Gaussian of std 0.5 * factor pixels (1.0 for x2, 2.0 for x4; the usual anti-aliasing
-                  choice, a bicubic-like support) then keep one pixel per factor x factor block; noise --sr-noise (2.55; the faces protocol uses 3)
+  sr2, sr4        down-sampling by the factor with ``--sr-kernel`` (restore.py's default, bicubic: PIL's and
+                  MATLAB imresize's, each low-resolution pixel centred on its block, restore.operators.sr_kernel;
+                  gaussian-centred: the tables before 2026-11-29, a Gaussian of std 0.5 * factor centred on the
+                  block's first pixel); noise --sr-noise (2.55; the faces protocol uses 3)
   inpaint_random  50% of the pixels missing (same mask on all channels), noise 2.55
   inpaint_boxes   3 missing squares of side round(0.2 * min(H, W)) at random positions, noise 2.55
 
@@ -33,6 +35,8 @@ Methods (``--methods``):
             restores as well as fp32 on the same degraded images)
   adam      restore.baselines.adam_joint: Adam on J(x, z) with the same gamma, tau and returned estimate,
             lr ``--adam-lr`` (1e-2), ``--adam-iters`` (200) iterations (``--precision`` too)
+  bicubic   no restoration: the operator's start, op.init(y): bicubic up-sampling for SR (y itself for
+            deblurring, the missing pixels filled for inpainting)
   wiener    restore.baselines.tikhonov with a fixed gradient std ``--wiener-grad-std`` = 0.1
   tv        restore.baselines.total_variation with lam = c * sigma (sigma on the [0, 1] scale), c = ``--tv-c``
             (default 0.1, chosen with ``--tune-tv``: a grid of c on 2 validation crops of the training folder,
@@ -89,8 +93,8 @@ from restore.baselines import AdamConfig, adam_joint, tikhonov, total_variation 
 from restore.cli import from_prior_channels  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import PresetError, parse_tau, preset_for, read_presets  # noqa: E402
-from restore.operators import (Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel, prior_operator,  # noqa: E402
-                               random_box_mask, random_mask, sigma_from_255)
+from restore.operators import (SR_KERNELS, Blur, Inpainting, SuperResolution, gaussian_kernel, load_kernel, prior_operator,  # noqa: E402
+                               random_box_mask, random_mask, sigma_from_255, sr_kernel)
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {  # name -> (default folder, default prior, default preset)
@@ -98,7 +102,7 @@ DATASETS = {  # name -> (default folder, default prior, default preset)
     "faces": (SHARED / "test" / "CelebAHQ", ROOT / "priors" / "faces.pt", ROOT / "configs/restore/faces.yaml"),
 }
 TASKS = ("deblur", "sr2", "sr4", "inpaint_random", "inpaint_boxes")
-METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d", "pnp-hvae-circ", "wiener-circ")
+METHODS = ("pnp-hvae", "adam", "wiener", "tv", "pnp-bm3d", "pnp-hvae-circ", "wiener-circ", "bicubic")
 DEFAULT_METHODS = METHODS[:5]  # the -circ methods: the circular model on a valid blur's observation (--boundary valid)
 PRESET_KEY = {"deblur": "blur", "sr2": "sr", "sr4": "sr", "inpaint_random": "inpaint", "inpaint_boxes": "inpaint"}
 REQUIRED = ("dataset", "image", "task", "setting", "kernel", "noise255", "method", "psnr", "ssim", "seconds",
@@ -119,8 +123,18 @@ class Setting:
     make: Callable[[int, int, torch.Generator], object]
 
 
+SR_KERNEL_CHOICES = (*SR_KERNELS, "gaussian-centred")
+
+
+def sr_task_kernel(factor: int, kind: str = "bicubic") -> torch.Tensor:
+    """sr2/sr4's kernel: :func:`restore.operators.sr_kernel` (block-centred), or ``gaussian-centred``, the Gaussian
+    of std 0.5 * factor centred on each block's first pixel that the tables before 2026-11-29 used."""
+    return gaussian_kernel(0.5 * factor) if kind == "gaussian-centred" else sr_kernel(factor, kind)
+
+
 def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequence[int],
-                   deblur_noises: Sequence[float], sr_noise: float = 2.55, boundary: str = "circular") -> list[Setting]:
+                   deblur_noises: Sequence[float], sr_noise: float = 2.55, boundary: str = "circular",
+                   sr_kernel_kind: str = "bicubic") -> list[Setting]:
     out: list[Setting] = []
     for task in tasks:
         if task == "deblur":
@@ -131,8 +145,9 @@ def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequ
                                        lambda h, w, g, kernel=kernel, s=s: Blur(kernel, sigma_from_255(s), boundary)))
         elif task in ("sr2", "sr4"):
             f = int(task[2:])
-            kernel = gaussian_kernel(0.5 * f)
-            out.append(Setting(task, f"x{f} s{sr_noise:g}", sr_noise, f"gauss{0.5 * f:g}", f,
+            kernel = sr_task_kernel(f, sr_kernel_kind)
+            label = f"gauss{0.5 * f:g}" if sr_kernel_kind == "gaussian-centred" else sr_kernel_kind
+            out.append(Setting(task, f"x{f} s{sr_noise:g}", sr_noise, label, f,
                                lambda h, w, g, kernel=kernel, f=f: SuperResolution(kernel, f, sigma_from_255(sr_noise),
                                                                                    boundary)))
         elif task == "inpaint_random":
@@ -292,6 +307,8 @@ def run_method(method: str, y: Tensor, op, prior, args: argparse.Namespace, sett
         else:
             r = adam_joint(y, hv_op, prior, AdamConfig(lr=args.adam_lr, max_iters=args.adam_iters, **common))
         return from_prior_channels(r.estimate, y.shape[1]), r.iterations
+    if method == "bicubic":
+        return op.init(y), 0
     if method == "wiener":
         r = tikhonov(y, op, grad_std=args.wiener_grad_std)
         return r.estimate, r.iterations
@@ -364,7 +381,8 @@ def tables(rows: list[dict], methods: Sequence[str]) -> str:
 def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) -> list[dict]:
     """Rows of other methods from earlier runs' CSVs, one per (image, setting) of this run for each method.
 
-    keys: (dataset, image, task, setting, height, width) of this run. Rows of methods this run computes, or of
+    keys: (dataset, image, task, setting, height, width, kernel) of this run (an SR row made with another
+    ``--sr-kernel`` is another setting). Rows of methods this run computes, or of
     (image, setting) pairs outside it, are left out; a method must cover, over all the CSVs together, every key
     of each task it has rows for here (so that its means are over the same images and settings as the others').
     A row that several CSVs hold (same method, image and setting) comes from the last of them: a rerun, given
@@ -382,7 +400,7 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
             raise SystemExit(f"error: --merge {path}: not a CSV of benchmarks/quality.py (columns {', '.join(REQUIRED)})")
         for line, r in enumerate(found, start=2):
             try:
-                key = (r["dataset"], r["image"], r["task"], r["setting"], int(r["height"]), int(r["width"]))
+                key = (r["dataset"], r["image"], r["task"], r["setting"], int(r["height"]), int(r["width"]), r["kernel"])
                 float(r["psnr"]), float(r["ssim"]), float(r["seconds"]), int(r["iterations"])
             except (TypeError, ValueError):
                 raise SystemExit(f"error: --merge {path}: line {line} is malformed (a number expected in "
@@ -394,8 +412,9 @@ def merge_rows(paths: Sequence[Path], keys: set[tuple], methods: Sequence[str]) 
     for m, task in sorted(has_rows):  # over all the CSVs together: runs on other images add up
         missing = [k for k in keys if k[2] == task and k + (m,) not in merged]
         if missing:
-            d, image, task, setting, h, w = sorted(missing)[0]
-            raise SystemExit(f"error: --merge: {m} has no row for {task} {setting} on {image} ({h}x{w}) of {d} "
+            d, image, task, setting, h, w, kernel = sorted(missing)[0]
+            kernel = f" ({kernel} kernel)" if task.startswith("sr") else ""
+            raise SystemExit(f"error: --merge: {m} has no row for {task} {setting}{kernel} on {image} ({h}x{w}) of {d} "
                              f"in {', '.join(map(str, paths))}; run it with the same images, --crop, --tasks and "
                              "settings")
     return list(merged.values())
@@ -583,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deblur-kernels", type=int, nargs="+", default=[4, 7, 9, 11])
     p.add_argument("--deblur-noises", type=float, nargs="+", default=[2.55, 7.65, 12.75])
     p.add_argument("--sr-noise", type=float, default=2.55, help="noise of sr2/sr4 (0-255 scale; faces: 3)")
+    p.add_argument("--sr-kernel", choices=SR_KERNEL_CHOICES, default="bicubic",
+                   help="sr2/sr4's down-sampling kernel (see Tasks above)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
                    help="pnp-hvae-circ, wiener-circ (with --boundary valid): the circular model on the same y")
     p.add_argument("--boundary", choices=["circular", "valid"], default="circular",
@@ -665,8 +686,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.boundary != "valid" and {"pnp-hvae-circ", "wiener-circ"} & set(args.methods):
         raise SystemExit("error: pnp-hvae-circ and wiener-circ compare models on a valid blur: add --boundary valid")
     settings = build_settings(args.tasks, Path(args.kernels), args.deblur_kernels, args.deblur_noises, args.sr_noise,
-                              args.boundary)
-    keys = {(args.dataset, name, s.task, s.name, *frame_shape(s, centre_crop(full, None, s.factor).shape[-2:]))
+                              args.boundary, args.sr_kernel)
+    keys = {(args.dataset, name, s.task, s.name, *frame_shape(s, centre_crop(full, None, s.factor).shape[-2:]), s.kernel)
             for s in settings for _, name, full in images}  # the rows' sizes: what is scored
     methods = list(args.methods)
     prior = None
@@ -729,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "pnp-hvae": "pnp-hvae " + "; ".join(f"{', '.join(where)}: {text}" for text, where in hv_text.items()) + fast,
         "adam": f"adam {args.adam_iters} it, lr {args.adam_lr:g}, same gamma/tau/return, {args.precision}",
         "wiener": f"wiener grad std {args.wiener_grad_std:g}",
+        "bicubic": "bicubic the operator's start (bicubic up-sampling for SR)",
         "tv": f"tv lam = {args.tv_c:g} * sigma",
         "pnp-bm3d": f"pnp-bm3d HQS {args.bm3d_iters} it, lam {args.bm3d_lam:g}",
         "pnp-hvae-circ": "pnp-hvae-circ as pnp-hvae, with the circular model on y's frame",

@@ -24,7 +24,7 @@ from restore.baselines import tikhonov  # noqa: E402
 from restore.cli import from_prior_channels  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.presets import parse_tau  # noqa: E402
-from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, gaussian_kernel, prior_operator,  # noqa: E402
+from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, bayer_mask, prior_operator, sr_kernel,  # noqa: E402
                                load_kernel, random_box_mask, random_mask, sigma_from_255)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def task_operator(task: str, size: int, kernel: Path, noise255: float, sr_factor
     if task == "denoise":
         return Denoising(sigma)
     if task == "sr":
-        return SuperResolution(gaussian_kernel(0.5 * sr_factor), sr_factor, sigma, boundary)
+        return SuperResolution(sr_kernel(sr_factor), sr_factor, sigma, boundary)  # restore.py's default
     if task == "demosaic":  # restore.py --operator demosaic's default pattern
         return Inpainting(bayer_mask(size, size, "RGGB"), sigma)
     if mask == "boxes":  # as benchmarks/quality.py's inpaint_boxes: 3 squares of a fifth of the side

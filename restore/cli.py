@@ -26,9 +26,9 @@ from .jpmap import JPMAPConfig, jpmap
 from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
-from .operators import (BAYER_PATTERNS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
+from .operators import (BAYER_PATTERNS, SR_KERNELS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
                         box_mask, equal_channels, gaussian_kernel, load_kernel, load_mask, masks_per_channel,
-                        motion_kernel, prior_operator, random_mask, sigma_from_255)
+                        motion_kernel, prior_operator, random_mask, sigma_from_255, sr_kernel)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRIOR = ROOT / "priors" / "natural.pt"
@@ -64,10 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--operator", choices=["denoise", "blur", "sr", "inpaint", "demosaic"], default="blur",
                     help="demosaic: one colour per pixel through a Bayer filter (--bayer); --input a grey raw mosaic "
                          "or a colour image with the unobserved channels at 0; the output is colour")
-    op.add_argument("--kernel", type=Path, help="blur kernel (.npy or image), centred, any size")
-    op.add_argument("--blur-sigma", type=float, help="Gaussian blur kernel of this std in pixels")
+    op.add_argument("--kernel", type=Path, help="blur kernel (.npy or image), centred, any size; with --operator sr "
+                                                 "the first pixel of each block is kept after it (may be signed)")
+    op.add_argument("--blur-sigma", type=float, help="Gaussian blur kernel of this std in pixels (with --operator sr: "
+                                                     "centred on each block, as --sr-kernel gaussian)")
     op.add_argument("--motion-length", type=float, help="straight motion blur of this length in pixels")
     op.add_argument("--scale", type=int, default=2, help="super-resolution factor")
+    op.add_argument("--sr-kernel", choices=SR_KERNELS, default=None,
+                    help="--operator sr: how the low-resolution image was made, each pixel centred on its block of "
+                         "the high-resolution one: bicubic (PIL, MATLAB imresize: the benchmarks' degradation), "
+                         "gaussian (std 0.5 x --scale) or box (area average, OpenCV INTER_AREA, a camera's pixel); "
+                         "default bicubic")
     op.add_argument("--mask", type=Path, help="inpainting mask image (white = observed)")
     op.add_argument("--bayer", choices=BAYER_PATTERNS, type=str.upper, default="RGGB",
                     help="--operator demosaic: the colour filter's 2x2 pattern from the top-left pixel, row by row")
@@ -156,16 +163,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_kernel(args: argparse.Namespace) -> Tensor:
+    if args.operator != "sr" and args.sr_kernel is not None:
+        raise UsageError(f"--sr-kernel is for --operator sr; drop it for --operator {args.operator}")
+    if sum(v is not None for v in (args.kernel, args.blur_sigma, args.motion_length, args.sr_kernel)) > 1:
+        raise UsageError("give one kernel: --kernel, --blur-sigma, --motion-length or --sr-kernel")
     if args.kernel is not None:
-        return load_kernel(args.kernel)
+        return load_kernel(args.kernel, signed=args.operator == "sr")
     if args.blur_sigma is not None:
         if not args.blur_sigma > 0:
             raise UsageError(f"--blur-sigma must be > 0, got {args.blur_sigma}")
-        return gaussian_kernel(args.blur_sigma)
+        return sr_kernel(args.scale, "gaussian", args.blur_sigma) if args.operator == "sr" else gaussian_kernel(args.blur_sigma)
     if args.motion_length is not None:
         return motion_kernel(size=int(2 * math.ceil(args.motion_length / 2) + 1), length=args.motion_length)
     if args.operator == "sr":
-        return gaussian_kernel(0.5 * args.scale)  # a mild anti-aliasing blur by default
+        return sr_kernel(args.scale, args.sr_kernel or "bicubic")
     raise UsageError("--operator blur needs --kernel FILE, --blur-sigma S or --motion-length L")
 
 

@@ -26,7 +26,7 @@ def workspace(tmp_path, tiny_config):
     g = torch.Generator().manual_seed(0)
     faces = tmp_path / "faces"
     for i in range(60):  # the 5% hash split keeps a few of them for validation
-        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(20, 20), mode="bilinear")
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear")
         write_image(faces / f"face{i:02d}.png", x[0])
     ckpts = [_checkpoint(tmp_path / "a.ckpt", tiny_config, (0, 1), 10),
              _checkpoint(tmp_path / "b.ckpt", tiny_config, (2, 3), 20)]
@@ -38,12 +38,13 @@ def test_exports_the_best_candidate(workspace, select, kind, load_benchmark):
     tmp_path, faces, ckpts = workspace
     pick = load_benchmark("pick_export")
     out = tmp_path / f"{select}.pt"
-    common = [*map(str, ckpts), str(faces), str(out), "--image-size", "16", "--images", "8", "--restore-images", "2",
-              "--tasks", "sr", "inpaint", "--kind", kind]
+    size = 32 if kind == "faces" else 16  # faces: SR x4, whose bicubic kernel is 19x19
+    common = [*map(str, ckpts), str(faces), str(out), "--image-size", str(size), "--images", "8",
+              "--restore-images", "2", "--tasks", "sr", "inpaint", "--kind", kind]
     best = pick.main(common + ["--select", select])
     # every candidate scored the same way, independently of main
-    if kind == "faces":  # whole images resized to 16x16
-        dm = pick.FaceDataModule(faces, image_size=16, batch_size=32, val_fraction=0.05)
+    if kind == "faces":  # whole images resized to 32x32
+        dm = pick.FaceDataModule(faces, image_size=size, batch_size=32, val_fraction=0.05)
     else:  # fixed 16x16 patches
         dm = pick.PatchDataModule(str(faces), patch_size=16, batch_size=32, val_fraction=0.05, val_samples=8)
     dm.setup("fit")

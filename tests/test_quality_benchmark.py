@@ -97,8 +97,9 @@ def test_valid_boundary_scores_every_method_on_the_observations_frame(workspace,
     written = sorted(_read(out), key=lambda r: (r["task"] != "deblur", r["image"], r["method"] != "wiener"))
     assert [(r["task"], r["method"]) for r in written] == [("deblur", m) for m in ("wiener", "wiener-circ")] * 2 \
         + [("sr2", m) for m in ("wiener", "wiener-circ")] * 2
-    # 7x7 kernel: the deblurring frame is 6 pixels smaller than the 32x48 crop; x2 (its 7x7 kernel): 4 + 2 margin
-    assert {(r["task"], r["height"], r["width"]) for r in written} == {("deblur", "26", "42"), ("sr2", "26", "42")}
+    # 7x7 kernel: the deblurring frame is 6 pixels smaller than the 32x48 crop; x2 (bicubic, 9x9, its support
+    # shifted half a pixel to the block centre): 4 + 4 margin
+    assert {(r["task"], r["height"], r["width"]) for r in written} == {("deblur", "26", "42"), ("sr2", "24", "40")}
     for task in ("deblur", "sr2"):  # on smooth images the circular model's border error already shows
         by = {r["method"]: float(r["psnr"]) for r in written if r["task"] == task and r["image"] == written[0]["image"]}
         assert by["wiener"] > by["wiener-circ"], (task, by)

@@ -9,12 +9,13 @@ from .fourier import Blur, SuperResolution, bicubic_upsample
 from .grey import GreyObservation, equal_channels, prior_operator
 from .inpainting import (BAYER_PATTERNS, Inpainting, bayer_mask, box_mask, load_mask, masks_per_channel, random_box_mask,
                          random_mask)
-from .kernels import gaussian_kernel, load_kernel, motion_kernel, validate_kernel
+from .kernels import SR_KERNELS, gaussian_kernel, load_kernel, motion_kernel, sr_kernel, validate_kernel
 from .matrix_free import MatrixFree, from_deepinv
 
 __all__ = ["BAYER_PATTERNS", "Blur", "Denoising", "Gamma", "GreyObservation", "Inpainting", "LinearOperator", "MatrixFree", "OPERATORS",
-           "OperatorError", "SuperResolution", "bayer_mask", "bicubic_upsample", "box_mask", "equal_channels", "from_deepinv", "gaussian_kernel", "load_kernel",
-           "load_mask", "masks_per_channel", "motion_kernel", "prior_operator", "random_box_mask", "random_mask", "sigma_from_255", "validate_kernel"]
+           "OperatorError", "SR_KERNELS", "SuperResolution", "bayer_mask", "bicubic_upsample", "box_mask", "equal_channels", "from_deepinv", "gaussian_kernel", "load_kernel",
+           "load_mask", "masks_per_channel", "motion_kernel", "prior_operator", "random_box_mask", "random_mask", "sigma_from_255", "sr_kernel",
+           "validate_kernel"]
 
 OPERATORS: dict[str, type[LinearOperator]] = {
     "denoise": Denoising,

@@ -30,11 +30,12 @@ class _FourierKernel(LinearOperator):
 
     PADDINGS = ("circular", "valid")
     factor = 1
+    signed_kernel = False  # negative kernel entries allowed (super-resolution's bicubic kernel)
 
     def __init__(self, kernel, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
                  cg_max_iters: int = 200) -> None:
         super().__init__(sigma)
-        self.register_buffer("kernel", validate_kernel(kernel))
+        self.register_buffer("kernel", validate_kernel(kernel, signed=self.signed_kernel))
         self._cache: dict[tuple, Tensor] = {}  # kernel spectra by (size, device, dtype, kind, kernel version)
         if padding not in self.PADDINGS:
             raise OperatorError(f"padding must be one of {self.PADDINGS}, got {padding!r}")
@@ -245,12 +246,17 @@ class Blur(_FourierKernel):
 
 
 class SuperResolution(_FourierKernel):
-    """y = (k (*) x)[::s, ::s] (circular blur, then keep the first pixel of each s x s block).
+    """y = (k (*) x)[::s, ::s] (circular blur, then keep the first pixel of each s x s block). The kernel may have
+    negative lobes (bicubic's). With a kernel centred on its array, y[i] is centred on x's pixel s i; with
+    :func:`~restore.operators.kernels.sr_kernel`'s, on the centre of the block, s i + (s - 1) / 2, as in a
+    low-resolution image made by PIL, imresize or a camera (and :func:`bicubic_upsample`, the start).
     prox (Zhao et al., IEEE TIP 2016): with R = F(A^T y + rho z), Pb = blockmean_s(|K|^2),
     X = (R - conj(K) tile_s(blockmean_s(K R) / (Pb + rho))) / rho, where blockmean_s averages the s x s aliased
     spectral tiles ([s, H/s, s, W/s] view). Implemented as X = Z + conj(K) tile_s(F(y - A z) / (Pb + rho)).
     ``padding="valid"`` (a camera's low-resolution image): only the outputs whose kernel support lies inside the
     scene are observed; x's grid has margins beyond the s-times-larger frame (see :class:`_FourierKernel`)."""
+
+    signed_kernel = True
 
     def __init__(self, kernel, factor: int, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
                  cg_max_iters: int = 200) -> None:

@@ -1,4 +1,5 @@
-"""Blur kernels: checked (finite, non-negative, sum 1), read from files, Gaussian and motion."""
+"""Blur kernels: checked (finite, non-negative or for super-resolution signed, sum 1), read from files, Gaussian,
+motion and the anti-aliasing kernels of super-resolution (:func:`sr_kernel`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from torch import Tensor
 from .base import OperatorError, _read_array
 
 
-def validate_kernel(k) -> Tensor:
-    """Check a 2-D blur kernel (finite, non-negative, positive sum) and return it normalised to sum 1 (float64)."""
+def validate_kernel(k, signed: bool = False) -> Tensor:
+    """Check a 2-D blur kernel (finite, non-negative, positive sum) and return it normalised to sum 1 (float64).
+    ``signed``: negative entries allowed (a super-resolution kernel with negative lobes, such as bicubic's)."""
     k = torch.as_tensor(k).detach().to("cpu", torch.float64)
     if k.ndim != 2:
         raise OperatorError(f"blur kernel must be 2-D [kh, kw], got shape {tuple(k.shape)}; give one kernel for all channels")
@@ -22,19 +24,22 @@ def validate_kernel(k) -> Tensor:
     kmax = float(k.max())
     if kmax <= 0 or float(k.sum()) <= 0:
         raise OperatorError(f"blur kernel must have a positive sum, got sum {float(k.sum()):.4g}; give a non-negative kernel")
+    if signed:
+        return k / k.sum()
     if float(k.min()) < -1e-6 * kmax:
         raise OperatorError(f"blur kernel has negative entries (min {float(k.min()):.4g}); give a non-negative kernel")
     k = k.clamp_min(0)
     return k / k.sum()
 
 
-def load_kernel(path: str | Path) -> Tensor:
-    """Load a 2-D blur kernel from a .npy array or an image file (converted to grey); returned normalised to sum 1."""
+def load_kernel(path: str | Path, signed: bool = False) -> Tensor:
+    """Load a 2-D blur kernel from a .npy array or an image file (converted to grey); returned normalised to sum 1
+    (``signed``: see :func:`validate_kernel`)."""
     arr = _read_array(path, "kernel")
     if arr.ndim != 2:
         raise OperatorError(f"kernel file {str(path)!r} holds an array of shape {arr.shape}; it must be 2-D")
     try:
-        return validate_kernel(torch.from_numpy(arr))
+        return validate_kernel(torch.from_numpy(arr), signed)
     except OperatorError as e:
         raise OperatorError(f"kernel file {str(path)!r}: {e}") from None
 
@@ -49,6 +54,58 @@ def gaussian_kernel(sigma_px: float, size: int | None = None) -> Tensor:
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(t**2) / (2 * sigma_px**2))
     k = g[:, None] * g[None, :]
+    return k / k.sum()
+
+
+SR_KERNELS = ("bicubic", "gaussian", "box")
+
+
+def _keys_cubic(t: Tensor, a: float = -0.5) -> Tensor:
+    """Keys' cubic convolution weight (support |t| < 2; a = -0.5: PIL's and MATLAB's bicubic)."""
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def sr_kernel(factor: int, kind: str = "bicubic", std: float | None = None) -> Tensor:
+    """The anti-aliasing kernel of a factor-``s`` down-sampling whose low-resolution pixel i sits at the centre of
+    its s x s block, high-resolution coordinate s i + (s - 1) / 2: how PIL, MATLAB's imresize, OpenCV's
+    INTER_AREA and torch's antialiased interpolate down-sample, how a camera's pixel integrates its area, and
+    what :func:`bicubic_upsample` (align_corners=False) inverts.
+
+    :class:`SuperResolution` keeps the first pixel of each block after a convolution with a kernel centred at
+    (kh // 2, kw // 2), so y[i] = sum_u x[u] k[s i - u + c] (c = L // 2); a weight w(t) at distance t from the
+    block centre therefore sits at k[j] = w(j - c + (s - 1) / 2), on the smallest odd L x L array that holds
+    the shifted support (for s > 1 the entries at one end are zero). Separable, sum 1. ``kind``:
+    - ``bicubic``: Keys' cubic (a = -0.5) stretched by s, support 2 s, negative lobes: PIL's BICUBIC and
+      MATLAB's imresize, the usual benchmark degradation;
+    - ``gaussian``: std ``std`` pixels (default 0.5 s), truncated at 3 std;
+    - ``box``: the mean of the s x s block (area averaging; a camera's fill factor 1)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
+    if kind not in SR_KERNELS:
+        raise OperatorError(f"unknown super-resolution kernel {kind!r}; choose one of {', '.join(SR_KERNELS)}")
+    s = factor
+    if kind == "gaussian":
+        std = 0.5 * s if std is None else float(std)
+        if not math.isfinite(std) or std <= 0:
+            raise OperatorError(f"Gaussian kernel std must be > 0 pixels, got {std!r}")
+    elif std is not None:
+        raise OperatorError(f"std is for the gaussian kernel, not {kind!r}")
+    reach = {"bicubic": 2.0 * s, "gaussian": 3.0 * (std or 0.0), "box": s / 2}[kind]
+    size = 2 * math.ceil(reach + (s - 1) / 2) + 1
+    t = torch.arange(size, dtype=torch.float64) - size // 2 + (s - 1) / 2  # distance to the block centre
+    if kind == "bicubic":
+        w = _keys_cubic(t / s)
+    elif kind == "gaussian":
+        w = torch.exp(-(t**2) / (2 * std**2)) * (t.abs() <= reach)
+    else:
+        w = (t.abs() < s / 2).to(torch.float64)
+    nonzero = w.nonzero().flatten()
+    trim = min(int(nonzero[0]), size - 1 - int(nonzero[-1]))  # zeros at both ends, as many each side (centre kept)
+    w = w[trim:size - trim]
+    k = w[:, None] * w[None, :]
     return k / k.sum()
 
 

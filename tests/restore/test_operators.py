@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from restore.operators import (
     OPERATORS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask, box_mask, gaussian_kernel,
-    load_kernel, load_mask, motion_kernel, random_box_mask, random_mask, sigma_from_255, validate_kernel,
+    load_kernel, load_mask, motion_kernel, random_box_mask, random_mask, sigma_from_255, sr_kernel, validate_kernel,
 )
 
 DT = torch.float64
@@ -330,6 +330,43 @@ def test_kernel_helpers():
     assert not torch.equal(r1, motion_kernel(15, 10, generator=_gen(4)))
     k = validate_kernel(torch.tensor([[1.0, -1e-9], [2.0, 1.0]]))
     assert k.min() == 0 and abs(float(k.sum()) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+@pytest.mark.parametrize("kind, resample", [("bicubic", "BICUBIC"), ("box", "BOX")])
+def test_sr_kernel_down_samples_as_pil(factor, kind, resample):
+    """SuperResolution with sr_kernel makes the low-resolution image PIL's resize makes (each pixel centred on its
+    block: MATLAB's imresize and OpenCV's INTER_AREA too), away from the wrapped border; a kernel centred on its
+    array samples the block's first pixel instead, (factor - 1) / 2 pixels off."""
+    from PIL import Image
+
+    x = np.random.default_rng(factor).random((12 * factor, 12 * factor)).astype(np.float32)
+    small = (x.shape[1] // factor, x.shape[0] // factor)
+    pil = np.asarray(Image.fromarray(x, mode="F").resize(small, getattr(Image, resample)), np.float64)
+    inside = (slice(3, -3), slice(3, -3))  # PIL renormalises at the border, the operator wraps around
+    y = SuperResolution(sr_kernel(factor, kind), factor, 0.01).A(torch.from_numpy(x).double()[None, None])[0, 0]
+    assert np.abs(y.numpy() - pil)[inside].max() < 1e-6
+    k = sr_kernel(factor, kind)
+    assert k.shape[0] % 2 == 1 and abs(float(k.sum()) - 1) < 1e-12 and (kind == "box" or factor == 1 or k.min() < 0)
+    centred = torch.roll(k, ((factor - 1) // 2,) * 2, (0, 1)) if factor % 2 else None  # odd: a whole-pixel shift
+    if centred is not None:
+        y0 = SuperResolution(centred, factor, 0.01).A(torch.from_numpy(x).double()[None, None])[0, 0]
+        assert np.abs(y0.numpy() - pil)[inside].max() > 0.05
+
+
+def test_sr_kernel_kinds_and_refusals():
+    for factor, std in [(2, None), (3, None), (4, 1.5)]:
+        marginal = sr_kernel(factor, "gaussian", std=std).sum(0)
+        t = torch.arange(marginal.numel()) - marginal.numel() // 2 + (factor - 1) / 2  # distance to the block centre
+        assert abs(float((marginal * t).sum())) < 1e-12  # centred on the block
+        assert abs(float((marginal * t**2).sum()) ** 0.5 - (std or 0.5 * factor)) < 0.05 * (std or 0.5 * factor)
+    assert torch.equal(sr_kernel(1, "bicubic"), torch.ones(1, 1, dtype=torch.float64))
+    for bad in [dict(factor=0), dict(factor=2.0), dict(factor=2, kind="lanczos"), dict(factor=2, kind="box", std=1.0),
+                dict(factor=2, kind="gaussian", std=0.0)]:
+        _one_line_error(lambda: sr_kernel(**bad), match="factor|kernel|std")
+    signed = sr_kernel(4, "bicubic")
+    assert torch.equal(SuperResolution(signed, 4, 0.1).kernel, signed)  # negative lobes kept
+    _one_line_error(lambda: Blur(signed, 0.1), match="negative")  # a blur kernel stays non-negative
 
 
 def test_load_kernel_and_mask(tmp_path):

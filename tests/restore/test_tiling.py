@@ -21,7 +21,8 @@ from hvae.model import HierarchicalVAE
 from restore.assemble import TileError, tile_path
 from restore.jpmap import JPMAPConfig, jpmap
 from restore.large_io import open_image
-from restore.operators import Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, motion_kernel, random_mask
+from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, motion_kernel, random_mask,
+                               sr_kernel)
 from restore.predict import restore_tiled
 from restore.tiled_cli import add_tiling_arguments, tiled_kwargs, use_tiles
 from restore.tiling import (BLEND_MODES, Box, TileGrid, cut, default_halo, is_circular, valid_extent, weight_sum,
@@ -67,8 +68,8 @@ def _operator(name: str):
         return Blur(gaussian_kernel(1.5, 7), 0.02)  # 7x7
     if name == "blur_valid":  # a real photograph's blur: the observation is the frame of the scene's convolution
         return Blur(gaussian_kernel(1.5, 7), 0.02, padding="valid")
-    if name == "sr_valid":  # a camera's low-resolution image
-        return SuperResolution(gaussian_kernel(1.0, 7), 2, 0.02, padding="valid")
+    if name == "sr_valid":  # a camera's low-resolution image, restore.py's default kernel (bicubic, signed, its
+        return SuperResolution(sr_kernel(2), 2, 0.02, padding="valid")  # support shifted to the block centre)
     if name == "denoise":
         return Denoising(0.05)
     if name == "inpaint":
