@@ -323,13 +323,26 @@ class HVAEModule(L.LightningModule):
         self.consecutive_nonfinite = int(counters.get("consecutive_nonfinite", 0))
         self._device_update = None  # rebuilt from these at the next step
 
-    def export(self, path: str | Path) -> Path:
-        """Half-precision EMA weights and the config, loadable by :func:`hvae.export.load_prior`."""
+    def export(self, path: str | Path, trained_on: dict | None = None) -> Path:
+        """Half-precision EMA weights and the config, loadable by :func:`hvae.export.load_prior`. ``trained_on``
+        (meta ``trained_on``): what the images were, e.g. ``{"kind": "patches", "size": 64}``."""
         self.read_update_counters(check=False)
         meta = {"global_step": self.optim.start_step + int(self.global_step), "skipped_total": self.skipped_total}
         if self.last_val_bpd is not None:
             meta["val_bits_per_dim"] = self.last_val_bpd
+        if trained_on:
+            meta["trained_on"] = dict(trained_on)
         return export_prior(self.ema, path, meta=meta)
+
+
+def trained_on(datamodule) -> dict:
+    """What a data module trains on, for the export's meta: whole images resized to ``image_size`` (faces) or
+    ``patch_size`` crops (natural images); {} for another data module."""
+    if getattr(datamodule, "image_size", None) is not None:
+        return {"kind": "images", "size": int(datamodule.image_size)}
+    if getattr(datamodule, "patch_size", None) is not None:
+        return {"kind": "patches", "size": int(datamodule.patch_size)}
+    return {}
 
 
 class ExportPrior(L.Callback):
@@ -344,7 +357,7 @@ class ExportPrior(L.Callback):
         # trainer.log_dir broadcasts under DDP: every rank must ask for it, then rank 0 writes
         root = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
-            module.export(root / self.filename)
+            module.export(root / self.filename, trained_on(getattr(trainer, "datamodule", None)))
 
     def on_validation_end(self, trainer, module) -> None:
         self._write(trainer, module)

@@ -26,8 +26,8 @@ from .jpmap import JPMAPConfig, jpmap
 from .noise import NoiseEstimateError, estimate_noise_std
 from .presets import PresetError, parse_tau, preset_for, read_presets
 from .tiled_cli import _positive, add_tiling_arguments, check_accelerator, tiled_kwargs, use_tiles
-from .operators import (BAYER_PATTERNS, SR_KERNELS, Blur, Denoising, Inpainting, OperatorError, SuperResolution, bayer_mask,
-                        box_mask, equal_channels, gaussian_kernel, load_kernel, load_mask, masks_per_channel,
+from .operators import (BAYER_PATTERNS, SR_KERNELS, Blur, Denoising, Inpainting, OperatorError, SuperResolution,
+                        bayer_mask, box_mask, equal_channels, gaussian_kernel, load_kernel, load_mask, masks_per_channel,
                         motion_kernel, prior_operator, random_mask, sigma_from_255, sr_kernel)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +172,9 @@ def make_kernel(args: argparse.Namespace) -> Tensor:
     if args.blur_sigma is not None:
         if not args.blur_sigma > 0:
             raise UsageError(f"--blur-sigma must be > 0, got {args.blur_sigma}")
-        return sr_kernel(args.scale, "gaussian", args.blur_sigma) if args.operator == "sr" else gaussian_kernel(args.blur_sigma)
+        if args.operator == "sr":  # centred on each block, as the low-resolution pixel is
+            return sr_kernel(args.scale, "gaussian", args.blur_sigma)
+        return gaussian_kernel(args.blur_sigma)
     if args.motion_length is not None:
         return motion_kernel(size=int(2 * math.ceil(args.motion_length / 2) + 1), length=args.motion_length)
     if args.operator == "sr":

@@ -47,6 +47,7 @@ def test_train_py_writes_logs_checkpoint_and_export(trained):
     assert (d / "config.yaml").is_file() and list(d.glob("events.out.tfevents.*"))
     payload = torch.load(d / "prior.pt", weights_only=True)  # a plain-weights file
     assert payload["meta"]["global_step"] == 6
+    assert payload["meta"]["trained_on"] == {"kind": "patches", "size": 32}  # configs/tiny.yaml's patches
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ea = EventAccumulator(str(d), size_guidance={"scalars": 0, "images": 0})
