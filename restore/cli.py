@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--operator sr: how the low-resolution image was made, each pixel centred on its block of "
                          "the high-resolution one: bicubic (PIL, MATLAB imresize: the benchmarks' degradation), "
                          "gaussian (std 0.5 x --scale) or box (area average, OpenCV INTER_AREA, a camera's pixel); "
-                         "default bicubic")
+                         "default bicubic (on area-averaged Set5 images it still did better than box, BENCHMARKS.md)")
     op.add_argument("--mask", type=Path, help="inpainting mask image (white = observed)")
     op.add_argument("--bayer", choices=BAYER_PATTERNS, type=str.upper, default="RGGB",
                     help="--operator demosaic: the colour filter's 2x2 pattern from the top-left pixel, row by row")

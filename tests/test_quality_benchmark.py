@@ -114,12 +114,17 @@ def test_other_tasks_and_adam_recording(workspace, tiny_model, load_benchmark):
     q = load_benchmark("quality")
     out = tmp / "o.csv"
     q.main(["--folder", str(images), "--kernels", str(kernels), "--tasks", "sr2", "sr4", "inpaint_random",
-            "inpaint_boxes", "--methods", "wiener", "--device", "cpu", "--threads", "1",
+            "inpaint_boxes", "--methods", "wiener", "bicubic", "--device", "cpu", "--threads", "1",
             "--out", str(out), "--tables", str(tmp / "o.md")])
-    written = _read(out)
+    written = [r for r in _read(out) if r["method"] == "wiener"]
     assert [r["task"] for r in written] == ["sr2"] * 2 + ["sr4"] * 2 + ["inpaint_random"] * 2 + ["inpaint_boxes"] * 2
     assert all(math.isfinite(float(r["psnr"])) for r in written)
     assert {r["height"] for r in written if r["task"] == "sr4"} == {"32"}
+    assert {r["kernel"] for r in written if r["task"].startswith("sr")} == {"bicubic"}  # restore.py's default
+    start = {(r["image"], r["task"]): r for r in _read(out) if r["method"] == "bicubic"}  # the operator's start
+    assert len(start) == len(written) and all(r["iterations"] == "0" for r in start.values())
+    # rows of their own, not copies of Wiener's
+    assert all(float(r["psnr"]) != float(start[r["image"], r["task"]]["psnr"]) for r in written)
 
     # the Adam recorder sees x after every step; its last record is the returned x
     from restore.baselines import AdamConfig, adam_joint
