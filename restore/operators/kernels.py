@@ -4,6 +4,7 @@ motion and the anti-aliasing kernels of super-resolution (:func:`sr_kernel`)."""
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import torch
@@ -80,20 +81,20 @@ def sr_kernel(factor: int, kind: str = "bicubic", std: float | None = None) -> T
     the shifted support (for s > 1 the entries at one end are zero). Separable, sum 1. ``kind``:
     - ``bicubic``: Keys' cubic (a = -0.5) stretched by s, support 2 s, negative lobes: PIL's BICUBIC and
       MATLAB's imresize, the usual benchmark degradation;
-    - ``gaussian``: std ``std`` pixels (default 0.5 s), truncated at 3 std;
+    - ``gaussian``: std ``std`` pixels (default 0.5 s), truncated at 3 std (at least the block's half width);
     - ``box``: the mean of the s x s block (area averaging; a camera's fill factor 1)."""
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
         raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
     if kind not in SR_KERNELS:
         raise OperatorError(f"unknown super-resolution kernel {kind!r}; choose one of {', '.join(SR_KERNELS)}")
-    s = factor
+    s = int(factor)
     if kind == "gaussian":
         std = 0.5 * s if std is None else float(std)
         if not math.isfinite(std) or std <= 0:
             raise OperatorError(f"Gaussian kernel std must be > 0 pixels, got {std!r}")
     elif std is not None:
         raise OperatorError(f"std is for the gaussian kernel, not {kind!r}")
-    reach = {"bicubic": 2.0 * s, "gaussian": 3.0 * (std or 0.0), "box": s / 2}[kind]
+    reach = {"bicubic": 2.0 * s, "gaussian": max(3.0 * (std or 0.0), s / 2), "box": s / 2}[kind]  # >= the block
     size = 2 * math.ceil(reach + (s - 1) / 2) + 1
     t = torch.arange(size, dtype=torch.float64) - size // 2 + (s - 1) / 2  # distance to the block centre
     if kind == "bicubic":

@@ -361,6 +361,9 @@ def test_sr_kernel_kinds_and_refusals():
         assert abs(float((marginal * t).sum())) < 1e-12  # centred on the block
         assert abs(float((marginal * t**2).sum()) ** 0.5 - (std or 0.5 * factor)) < 0.05 * (std or 0.5 * factor)
     assert torch.equal(sr_kernel(1, "bicubic"), torch.ones(1, 1, dtype=torch.float64))
+    point = sr_kernel(2, "gaussian", std=0.05)  # narrower than the block: the block centre's two nearest pixels
+    assert point.shape == (3, 3) and torch.allclose(point[:2, :2], torch.full((2, 2), 0.25, dtype=torch.float64))
+    assert sr_kernel(np.int64(4)).shape == (19, 19)  # a numpy integer factor
     for bad in [dict(factor=0), dict(factor=2.0), dict(factor=2, kind="lanczos"), dict(factor=2, kind="box", std=1.0),
                 dict(factor=2, kind="gaussian", std=0.0)]:
         _one_line_error(lambda: sr_kernel(**bad), match="factor|kernel|std")
