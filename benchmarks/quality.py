@@ -126,10 +126,13 @@ class Setting:
 SR_KERNEL_CHOICES = (*SR_KERNELS, "gaussian-centred")
 
 
-def sr_task_kernel(factor: int, kind: str = "bicubic") -> torch.Tensor:
-    """sr2/sr4's kernel: :func:`restore.operators.sr_kernel` (block-centred), or ``gaussian-centred``, the Gaussian
-    of std 0.5 * factor centred on each block's first pixel that the tables before 2026-11-29 used."""
-    return gaussian_kernel(0.5 * factor) if kind == "gaussian-centred" else sr_kernel(factor, kind)
+def sr_task_kernel(factor: int, kind: str = "bicubic") -> tuple[torch.Tensor, str]:
+    """sr2/sr4's kernel and its CSV label: :func:`restore.operators.sr_kernel` (block-centred), or
+    ``gaussian-centred``, the Gaussian of std 0.5 * factor centred on each block's first pixel that the tables before
+    2026-11-29 used (label ``gauss<std>``, as in their CSVs)."""
+    if kind == "gaussian-centred":
+        return gaussian_kernel(0.5 * factor), f"gauss{0.5 * factor:g}"
+    return sr_kernel(factor, kind), kind
 
 
 def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequence[int],
@@ -145,8 +148,7 @@ def build_settings(tasks: Sequence[str], kernels_dir: Path, deblur_kernels: Sequ
                                        lambda h, w, g, kernel=kernel, s=s: Blur(kernel, sigma_from_255(s), boundary)))
         elif task in ("sr2", "sr4"):
             f = int(task[2:])
-            kernel = sr_task_kernel(f, sr_kernel_kind)
-            label = f"gauss{0.5 * f:g}" if sr_kernel_kind == "gaussian-centred" else sr_kernel_kind
+            kernel, label = sr_task_kernel(f, sr_kernel_kind)
             out.append(Setting(task, f"x{f} s{sr_noise:g}", sr_noise, label, f,
                                lambda h, w, g, kernel=kernel, f=f: SuperResolution(kernel, f, sigma_from_255(sr_noise),
                                                                                    boundary)))

@@ -335,7 +335,7 @@ class HVAEModule(L.LightningModule):
         return export_prior(self.ema, path, meta=meta)
 
 
-def trained_on(datamodule) -> dict:
+def training_images(datamodule) -> dict:
     """What a data module trains on, for the export's meta: whole images resized to ``image_size`` (faces) or
     ``patch_size`` crops (natural images); {} for another data module."""
     if getattr(datamodule, "image_size", None) is not None:
@@ -357,7 +357,7 @@ class ExportPrior(L.Callback):
         # trainer.log_dir broadcasts under DDP: every rank must ask for it, then rank 0 writes
         root = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
-            module.export(root / self.filename, trained_on(getattr(trainer, "datamodule", None)))
+            module.export(root / self.filename, training_images(getattr(trainer, "datamodule", None)))
 
     def on_validation_end(self, trainer, module) -> None:
         self._write(trainer, module)

@@ -344,12 +344,12 @@ def test_sr_kernel_down_samples_as_pil(factor, kind, resample):
     small = (x.shape[1] // factor, x.shape[0] // factor)
     pil = np.asarray(Image.fromarray(x, mode="F").resize(small, getattr(Image, resample)), np.float64)
     inside = (slice(3, -3), slice(3, -3))  # PIL renormalises at the border, the operator wraps around
-    y = SuperResolution(sr_kernel(factor, kind), factor, 0.01).A(torch.from_numpy(x).double()[None, None])[0, 0]
-    assert np.abs(y.numpy() - pil)[inside].max() < 1e-6
     k = sr_kernel(factor, kind)
-    assert k.shape[0] % 2 == 1 and abs(float(k.sum()) - 1) < 1e-12 and (kind == "box" or factor == 1 or k.min() < 0)
-    centred = torch.roll(k, ((factor - 1) // 2,) * 2, (0, 1)) if factor % 2 else None  # odd: a whole-pixel shift
-    if centred is not None:
+    y = SuperResolution(k, factor, 0.01).A(torch.from_numpy(x).double()[None, None])[0, 0]
+    assert np.abs(y.numpy() - pil)[inside].max() < 1e-6
+    assert k.shape[0] % 2 == 1 and abs(float(k.sum()) - 1) < 1e-12 and (kind == "box" or k.min() < 0)
+    if factor % 2:  # odd: the same weights centred on the array, a whole-pixel shift
+        centred = torch.roll(k, ((factor - 1) // 2,) * 2, (0, 1))
         y0 = SuperResolution(centred, factor, 0.01).A(torch.from_numpy(x).double()[None, None])[0, 0]
         assert np.abs(y0.numpy() - pil)[inside].max() > 0.05
 
