@@ -39,6 +39,7 @@ from data.patches import PatchDataModule  # noqa: E402
 from hvae.config import HVAEConfig  # noqa: E402
 from hvae.export import export_prior, unreadable_checkpoint  # noqa: E402
 from hvae.model import HierarchicalVAE  # noqa: E402
+from hvae.module import training_images  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.operators import (Blur, Inpainting, SuperResolution, load_kernel, sr_kernel,  # noqa: E402
                                random_mask, sigma_from_255)
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> Candidate:
     export_prior(best.model, args.out, half=True, meta={"selected_by": args.select, "source": best.name,
                                                         "bits_per_dim": best.bits_per_dim,
                                                         "restore_psnr": best.restore_psnr,
-                                                        "global_step": best.step})
+                                                        "global_step": best.step,
+                                                        "trained_on": training_images(dm)})
     print(f"exported {best.name} to {args.out} (selected by {args.select}): {best.bits_per_dim:.3f} bits/dim, "
           f"restoration {best.restore_psnr:.2f} dB")
     return best

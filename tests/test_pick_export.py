@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data.images import write_image
-from hvae.export import load_prior
+from hvae.export import load_prior, prior_meta
 from hvae.model import HierarchicalVAE
 
 
@@ -62,6 +62,7 @@ def test_exports_the_best_candidate(workspace, select, kind, load_benchmark):
     want = max(scores, key=key)
     assert best.bits_per_dim == pytest.approx(want[0]) and best.restore_psnr == pytest.approx(want[1])
     exported = load_prior(out)
+    assert prior_meta(out)["trained_on"] == {"kind": "images" if kind == "faces" else "patches", "size": size}
     for k, v in best.model.state_dict().items():  # the chosen weights, in half precision
         assert torch.equal(exported.state_dict()[k], v.half().float()), k
 
