@@ -131,6 +131,8 @@ def main() -> None:
     if args.worker:
         args.processes = int(args.processes)
         return worker(args)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         prior = args.prior or tiny_prior(work / "prior.pt")

@@ -30,28 +30,30 @@ from data.images import builtin_images, list_images, read_image  # noqa: E402
 from hvae.export import load_prior  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap  # noqa: E402
 from restore.operators import (Blur, Denoising, Inpainting, SuperResolution, gaussian_kernel, load_kernel,  # noqa: E402
-                               random_mask, sigma_from_255)
+                               random_mask, sigma_from_255, sr_kernel)
 from restore.predict import restore_tiled  # noqa: E402
+from restore.presets import parse_tau, preset_for, read_presets  # noqa: E402
 from restore.tiling import TileGrid, default_halo, is_circular  # noqa: E402
 
 
-def preset_config(name: str) -> JPMAPConfig:
-    """The restore.py preset of ``name`` as a JPMAPConfig."""
-    import yaml
-
-    p = yaml.safe_load((ROOT / "configs" / "restore" / "natural.yaml").read_text())[name]
-    return JPMAPConfig(gamma=p["gamma"] / 255, tau=p["tau"], max_iters=p["iterations"], tol=0.0,
-                       return_estimate=p["return"])
+def preset_config(name: str, noise255: float, factor: int | None = None) -> JPMAPConfig:
+    """restore.py's preset of operator ``name`` at noise std ``noise255`` (0-255) and SR ``factor``."""
+    v = preset_for(read_presets(ROOT / "configs" / "restore" / "natural.yaml"), name, noise255, factor)
+    tau, tau_end = parse_tau(v["tau"])
+    return JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end, max_iters=int(v["iterations"]),
+                       tol=0.0, return_estimate=v["return"])
 
 
 def operators(height: int, width: int, kernels: Path, g: torch.Generator) -> dict:
+    """label: (preset name, noise std 0-255, operator); SR with restore.py's default kernel (bicubic)."""
     k9 = load_kernel(kernels / "9.npy") if (kernels / "9.npy").is_file() else gaussian_kernel(2.0)
     return {
-        "blur motion (k9, 7.65)": ("blur", Blur(k9, sigma_from_255(7.65))),
-        "blur gaussian (1.6, 7.65)": ("blur", Blur(gaussian_kernel(1.6), sigma_from_255(7.65))),
-        "sr x2 (3)": ("sr", SuperResolution(gaussian_kernel(1.0), 2, sigma_from_255(3))),
-        "denoise (25)": ("denoise", Denoising(sigma_from_255(25))),
-        "inpaint 50% (3)": ("inpaint", Inpainting(random_mask(height, width, 0.5, generator=g), sigma_from_255(3))),
+        "blur motion (k9, 7.65)": ("blur", 7.65, Blur(k9, sigma_from_255(7.65))),
+        "blur gaussian (1.6, 7.65)": ("blur", 7.65, Blur(gaussian_kernel(1.6), sigma_from_255(7.65))),
+        "sr x2 bicubic (3)": ("sr", 3.0, SuperResolution(sr_kernel(2), 2, sigma_from_255(3))),
+        "denoise (25)": ("denoise", 25.0, Denoising(sigma_from_255(25))),
+        "inpaint 50% (3)": ("inpaint", 3.0, Inpainting(random_mask(height, width, 0.5, generator=g),
+                                                       sigma_from_255(3))),
     }
 
 
@@ -98,13 +100,13 @@ def main(argv: list[str] | None = None) -> None:
         c, h, w = x.shape
         s = args.size
         x = x[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s][None].double()
-        for label, (preset, op) in operators(s, s, Path(args.kernels), torch.Generator().manual_seed(0)).items():
+        for label, (preset, noise255, op) in operators(s, s, Path(args.kernels), torch.Generator().manual_seed(0)).items():
             if args.only and args.only not in label:
                 continue
             g = torch.Generator().manual_seed(1)
             scale = int(getattr(op, "factor", 1))
             y = op.degrade(x, generator=g).float()
-            cfg = preset_config(preset)
+            cfg = preset_config(preset, noise255, scale if preset == "sr" else None)
             t0 = time.perf_counter()
             whole = jpmap(y, op, prior, cfg).estimate.clamp(0, 1)
             t1 = time.perf_counter()

@@ -1,0 +1,87 @@
+"""The benchmark scripts no other test runs, through their command lines on tiny inputs: each exits 0 and prints
+its table (they rot unnoticed otherwise: tiling_accuracy.py broke when the presets became per-noise lists)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data.images import read_image, write_image
+from hvae.export import export_prior
+from restore.operators import gaussian_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """(folder of 2 textured 64x64 images, kernels folder with 9.npy, tiny prior)."""
+    root = tmp_path_factory.mktemp("bench")
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic")
+        write_image(root / "images" / f"im{i}.png", (x + 0.05 * torch.rand(x.shape, generator=g)).clamp(0, 1)[0])
+    (root / "kernels").mkdir()
+    np.save(root / "kernels" / "9.npy", gaussian_kernel(1.0, 5).numpy())
+    return root / "images", root / "kernels", export_prior_tiny(root / "prior.pt")
+
+
+def export_prior_tiny(path: Path) -> Path:
+    from hvae.config import HVAEConfig
+    from hvae.model import HierarchicalVAE
+
+    torch.manual_seed(0)
+    cfg = HVAEConfig(image_channels=3, stem_channels=8, widths=(8, 8), strides=(2, 1), encoder_blocks=(1, 1),
+                     latent_groups=(1, 1), kernel_sizes=(3, 3), latent_channels=3)
+    return export_prior(HierarchicalVAE(cfg).eval(), path, half=False)
+
+
+def test_train_throughput():
+    out = run("train_throughput.py", "--config", "configs/tiny.yaml", "--size", "32", "--batch", "2", "--steps", "1",
+              "--precisions", "fp32", "--device", "cpu")
+    assert re.search(r"^\| fp32 \| [\d.]+ \| [\d.]+ \| \d+ \|$", out, re.M)
+
+
+def test_restore_speed(assets):
+    out = run("restore_speed.py", "--prior", assets[2], "--sizes", "32", "--iters", "1", "--device", "cpu")
+    assert re.search(r"^\| 32x32 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out, re.M)
+
+
+def test_restore_large_makes_its_work_folder(tmp_path):
+    out = run("restore_large.py", "--size", "64", "--tile", "32", "--iters", "1", "--processes", "1",
+              "--work", tmp_path / "new" / "work")
+    assert re.search(r"^\| 1 \| 4 \| [\d.]+ \| [\d.]+ \| \d+ \|", out, re.M)
+
+
+def test_folder_restore_matches_the_loop(assets, tmp_path):
+    out = run("folder_restore.py", "--folder", assets[0], "--limit", "2", "--crop", "32", "--batches", "2",
+              "--extra", f"--prior {assets[2]} --iterations 1", "--out", tmp_path / "fb")
+    diff = re.search(r"--images-per-batch 2 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.e+-]+) \|", out)
+    assert diff and float(diff.group(1)) < 1e-3
+
+
+def test_noise_auto_restore(assets, tmp_path):
+    out = run("noise_auto_restore.py", "--folder", assets[0], "--kernels", assets[1], "--limit", "1", "--crop", "64",
+              "--noises", "7.65", "--iterations", "1", "--csv", tmp_path / "n.csv")
+    est = re.search(r"^\| 7.65 \| ([\d.]+) \(", out, re.M)
+    assert est and 5 < float(est.group(1)) < 10 and (tmp_path / "n.csv").is_file()
+
+
+def test_pack_faces_keeps_names(assets, tmp_path):
+    out = run("pack_faces.py", assets[0], tmp_path / "packed", "--size", "16")
+    assert "2 images" in out
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["im0.png", "im1.png"]
+    assert read_image(tmp_path / "packed" / "im0.png").shape == (3, 16, 16)
