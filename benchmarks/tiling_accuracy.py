@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         c, h, w = x.shape
         s = args.size
         x = x[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s][None].double()
-        for label, (preset, noise255, op) in operators(s, s, Path(args.kernels), torch.Generator().manual_seed(0)).items():
+        ops = operators(s, s, Path(args.kernels), torch.Generator().manual_seed(0))
+        for label, (preset, noise255, op) in ops.items():
             if args.only and args.only not in label:
                 continue
             g = torch.Generator().manual_seed(1)

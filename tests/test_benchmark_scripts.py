@@ -85,3 +85,20 @@ def test_pack_faces_keeps_names(assets, tmp_path):
     assert "2 images" in out
     assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["im0.png", "im1.png"]
     assert read_image(tmp_path / "packed" / "im0.png").shape == (3, 16, 16)
+
+
+def test_noise_auto_restore_super_resolution(assets, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(160, 160), mode="bicubic")
+    write_image(tmp_path / "images" / "big.png", x.clamp(0, 1)[0])
+    out = run("noise_auto_restore.py", "--folder", tmp_path / "images", "--scale", "2", "--limit", "1", "--crop", "160",
+              "--noises", "7.65", "--iterations", "1")
+    assert "sr x2, valid boundary" in out and re.search(r"^\| 7.65 \| [\d.]+ \(", out, re.M)
+
+
+def test_objective(assets):
+    out = run("objective.py", "--folder", assets[0], "--prior", assets[2], "--limit", "1", "--crop", "32",
+              "--tasks", "sr2", "--adam-iters", "2", "--then-adam", "1", "--threads", "1")
+    n = r"([\d.-]+)"
+    row = re.search(rf"^\| sr2 x2 s2.55 \| 1 \| {n} \| {n} \| [01] \| [\d.]+ \| [\d.]+ \| {n} \|", out, re.M)
+    assert row and all(abs(float(v)) < 1e6 for v in row.groups())
