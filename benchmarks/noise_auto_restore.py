@@ -7,7 +7,7 @@ noised, saved as 8-bit PNGs (an observation file), and restored twice by ``resto
 (on the observation's frame) per noise level, and writes every run to a CSV.
 
     python benchmarks/noise_auto_restore.py --limit 4 --noises 2.55,7.65,12.75 --csv docs/noise_auto_restore.csv
-    python benchmarks/noise_auto_restore.py --scale 4 --limit 8 --crop 128 --noises 1,2.55 --csv sr4.csv
+    python benchmarks/noise_auto_restore.py --scale 4 --limit 8 --crop 256 --noises 1,2.55,7.65 --csv sr4.csv
 """
 
 from __future__ import annotations
