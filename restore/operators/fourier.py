@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..cg import CGResult, conjugate_gradient
 from .base import Gamma, LinearOperator, OperatorError, _check_image, _rho, _work_dtype
-from .kernels import validate_kernel
+from .kernels import sr_factor, validate_kernel
 
 
 class _FourierKernel(LinearOperator):
@@ -260,9 +258,7 @@ class SuperResolution(_FourierKernel):
 
     def __init__(self, kernel, factor: int, sigma: float, padding: str = "circular", cg_tol: float = 1e-6,
                  cg_max_iters: int = 200) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
-            raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
-        self.factor = int(factor)
+        self.factor = sr_factor(factor)
         super().__init__(kernel, sigma, padding, cg_tol, cg_max_iters)
 
     def circular(self) -> "SuperResolution":

@@ -61,6 +61,13 @@ def gaussian_kernel(sigma_px: float, size: int | None = None) -> Tensor:
 SR_KERNELS = ("bicubic", "gaussian", "box")
 
 
+def sr_factor(factor) -> int:
+    """A super-resolution factor checked (an integer >= 1; a numpy integer too, not a bool) and as an int."""
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+        raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
+    return int(factor)
+
+
 def _keys_cubic(t: Tensor, a: float = -0.5) -> Tensor:
     """Keys' cubic convolution weight (support |t| < 2; a = -0.5: PIL's and MATLAB's bicubic)."""
     t = t.abs()
@@ -83,11 +90,9 @@ def sr_kernel(factor: int, kind: str = "bicubic", std: float | None = None) -> T
       MATLAB's imresize, the usual benchmark degradation;
     - ``gaussian``: std ``std`` pixels (default 0.5 s), truncated at 3 std (at least the block's half width);
     - ``box``: the mean of the s x s block (area averaging; a camera's fill factor 1)."""
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
-        raise OperatorError(f"super-resolution factor must be an integer >= 1, got {factor!r}")
+    s = sr_factor(factor)
     if kind not in SR_KERNELS:
         raise OperatorError(f"unknown super-resolution kernel {kind!r}; choose one of {', '.join(SR_KERNELS)}")
-    s = int(factor)
     if kind == "gaussian":
         std = 0.5 * s if std is None else float(std)
         if not math.isfinite(std) or std <= 0:
