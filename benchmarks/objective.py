@@ -28,21 +28,17 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.quality import (SHARED, build_settings, hvae_settings, load_images, observation,  # noqa: E402
                                 psnr)
 from hvae.export import load_prior  # noqa: E402
-from restore.baselines import AdamConfig, adam_joint  # noqa: E402
+from restore.baselines import AdamConfig, adam_joint, joint_terms  # noqa: E402
 from restore.jpmap import JPMAPConfig, jpmap, z_step  # noqa: E402
 from restore.presets import read_presets  # noqa: E402
-from restore.prior import crop  # noqa: E402
 
 
 @torch.no_grad()
 def objective(y, op, prior, x, latents, taus, gamma) -> tuple[float, float, float]:
     """(data, coupling, -log p_tau(z)) per pixel of J at (x, z), batch mean."""
-    decoded_pad, log_p = prior.decode_log_prior(latents, taus)
-    decoded = crop(decoded_pad.float(), tuple(x.shape[-2:]))
+    data, coupling, log_p = joint_terms(y, op, prior, x, latents, taus, gamma)
     n_pix = x[0].numel()
-    data = float(((op.A(x) - y) ** 2).flatten(1).sum(1).mean()) / (2 * op.sigma**2 * n_pix)
-    coupling = float(((x - decoded) ** 2).flatten(1).sum(1).mean()) / (2 * gamma**2 * n_pix)
-    return data, coupling, float(-log_p.mean()) / n_pix
+    return float(data.mean()) / n_pix, float(coupling.mean()) / n_pix, float(-log_p.mean()) / n_pix
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -1,7 +1,8 @@
 """Baselines run on the same operators and result type as :func:`restore.jpmap.jpmap`.
 
 - :func:`adam_joint`: Adam on J(x, z) = ||A x - y||^2/(2 sigma^2) + ||x - G(z)||^2/(2 gamma^2) - log p_tau(z)
-  over x and all latents jointly (the comparison of Gonzalez et al. and Prost et al.).
+  over x and all latents jointly (the comparison of Gonzalez et al. and Prost et al.); :func:`joint_terms`, J's
+  three terms at a given (x, z).
 - :func:`tikhonov`: argmin ||A x - y||^2/(2 sigma^2) + ||grad x||^2/(2 s^2) (Wiener filter with a
   gradient prior), solved by conjugate gradient.
 - :func:`total_variation`: argmin ||A x - y||^2/(2 sigma^2) + lam * TV(x) (isotropic), by Chambolle-Pock
@@ -44,11 +45,23 @@ class AdamConfig:
         return JPMAPConfig(gamma=self.gamma, tau=self.tau, tau_end=self.tau_end).taus(num_groups)
 
 
+def joint_terms(y: Tensor, operator, prior: Prior, x: Tensor, latents: list[Tensor], taus: list[float], gamma: float,
+                precision: str = "fp32") -> tuple[Tensor, Tensor, Tensor]:
+    """J(x, z)'s terms per image, [N] each: ||A x - y||^2 / (2 sigma^2), ||x - G(z)||^2 / (2 gamma^2) and
+    log p_tau(z) (J = data + coupling - log p); the network pass under ``precision``'s autocast."""
+    with _autocast(x, precision):
+        decoded_pad, log_p = prior.decode_log_prior(latents, taus)
+    decoded = crop(decoded_pad.float(), tuple(x.shape[-2:]))
+    data = ((operator.A(x) - y) ** 2).flatten(1).sum(1) / (2 * operator.sigma**2)
+    coupling = ((x - decoded) ** 2).flatten(1).sum(1) / (2 * gamma**2)
+    return data, coupling, log_p
+
+
 def adam_joint(y: Tensor, operator, prior: Prior, config: AdamConfig = AdamConfig(),
                x0: Tensor | None = None) -> RestoreResult:
     """Minimise J(x, z) (module docstring) with Adam from x_0 = init(y), z_0 = E_{init_tau}(x_0)."""
     taus = config.taus(prior.num_groups)
-    sigma, gamma = operator.sigma, config.gamma
+    gamma = config.gamma
     with torch.no_grad():
         x = initial_x(y, operator, config.init) if x0 is None else x0.clone()
         latents, _ = z_step(prior, x, [config.init_tau] * prior.num_groups, config.precision)
@@ -60,11 +73,7 @@ def adam_joint(y: Tensor, operator, prior: Prior, config: AdamConfig = AdamConfi
     prev = x.detach().clone()
     for k in range(1, config.max_iters + 1):
         opt.zero_grad(set_to_none=True)
-        with _autocast(x, config.precision):
-            decoded_pad, log_p = prior.decode_log_prior(latents, taus)
-        decoded = crop(decoded_pad.float(), tuple(x.shape[-2:]))
-        data = ((operator.A(x) - y) ** 2).flatten(1).sum(1) / (2 * sigma**2)
-        coupling = ((x - decoded) ** 2).flatten(1).sum(1) / (2 * gamma**2)
+        data, coupling, log_p = joint_terms(y, operator, prior, x, latents, taus, gamma, config.precision)
         loss = (data + coupling - log_p.float()).sum()
         loss.backward()
         opt.step()
