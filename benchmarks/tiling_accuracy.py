@@ -36,9 +36,9 @@ from restore.presets import parse_tau, preset_for, read_presets  # noqa: E402
 from restore.tiling import TileGrid, default_halo, is_circular  # noqa: E402
 
 
-def preset_config(name: str, noise255: float, factor: int | None = None) -> JPMAPConfig:
-    """restore.py's preset of operator ``name`` at noise std ``noise255`` (0-255) and SR ``factor``."""
-    v = preset_for(read_presets(ROOT / "configs" / "restore" / "natural.yaml"), name, noise255, factor)
+def preset_config(presets: dict, name: str, noise255: float, factor: int | None = None) -> JPMAPConfig:
+    """restore.py's setting in ``presets`` of operator ``name`` at noise std ``noise255`` (0-255) and SR ``factor``."""
+    v = preset_for(presets, name, noise255, factor)
     tau, tau_end = parse_tau(v["tau"])
     return JPMAPConfig(gamma=float(v["gamma"]) / 255, tau=tau, tau_end=tau_end, max_iters=int(v["iterations"]),
                        tol=0.0, return_estimate=v["return"])
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior)
+    presets = read_presets(ROOT / "configs" / "restore" / "natural.yaml")
     if args.images:
         clean = [(Path(p).name, read_image(p)) for p in list_images(args.images)[:args.limit]]
     else:
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             g = torch.Generator().manual_seed(1)
             scale = int(getattr(op, "factor", 1))
             y = op.degrade(x, generator=g).float()
-            cfg = preset_config(preset, noise255, scale if preset == "sr" else None)
+            cfg = preset_config(presets, preset, noise255, scale if preset == "sr" else None)
             t0 = time.perf_counter()
             whole = jpmap(y, op, prior, cfg).estimate.clamp(0, 1)
             t1 = time.perf_counter()

@@ -13,6 +13,7 @@ import torch
 
 from data.images import read_image, write_image
 from hvae.export import export_prior
+from hvae.model import HierarchicalVAE
 from restore.operators import gaussian_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +28,8 @@ def run(script: str, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """(folder of 2 textured 64x64 images, kernels folder with 9.npy, tiny prior)."""
+def assets(tmp_path_factory, tiny_config):
+    """(folder of 2 textured 64x64 images, kernels folder with 9.npy, the suite's tiny prior)."""
     root = tmp_path_factory.mktemp("bench")
     g = torch.Generator().manual_seed(0)
     for i in range(2):
@@ -36,17 +37,9 @@ def assets(tmp_path_factory):
         write_image(root / "images" / f"im{i}.png", (x + 0.05 * torch.rand(x.shape, generator=g)).clamp(0, 1)[0])
     (root / "kernels").mkdir()
     np.save(root / "kernels" / "9.npy", gaussian_kernel(1.0, 5).numpy())
-    return root / "images", root / "kernels", export_prior_tiny(root / "prior.pt")
-
-
-def export_prior_tiny(path: Path) -> Path:
-    from hvae.config import HVAEConfig
-    from hvae.model import HierarchicalVAE
-
     torch.manual_seed(0)
-    cfg = HVAEConfig(image_channels=3, stem_channels=8, widths=(8, 8), strides=(2, 1), encoder_blocks=(1, 1),
-                     latent_groups=(1, 1), kernel_sizes=(3, 3), latent_channels=3)
-    return export_prior(HierarchicalVAE(cfg).eval(), path, half=False)
+    prior = export_prior(HierarchicalVAE(tiny_config).eval(), root / "prior.pt", half=False)
+    return root / "images", root / "kernels", prior
 
 
 def test_train_throughput():
